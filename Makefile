@@ -1,0 +1,43 @@
+# bench — see README.md. Every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+EXTRAS ?= test,cn-clip
+
+MODEL   ?= demo
+# `demo` runs the tiny bilingual model on both sides (Chinese and English) on the generated digits.
+MODELS  := $(if $(filter demo,$(MODEL)),demo demo-en $(filter-out demo,$(MODEL)),$(MODEL))
+DATASET ?= $(if $(filter demo,$(MODEL)),digits,all)
+RUNS    ?= results/runs
+REPORT  ?= results/report
+ARGS    ?=
+
+.PHONY: install test bench report perf lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/bench run --model "$(MODELS)" --dataset $(DATASET) --out $(RUNS) $(ARGS)
+	$(BIN)/bench report $(RUNS) --out $(REPORT)
+
+report: install
+	$(BIN)/bench report $(RUNS) --out $(REPORT)
+
+perf: install
+	$(BIN)/python scripts/perf.py
+
+lint: install
+	$(BIN)/python -m ruff check bench tests scripts
+
+clean:
+	rm -rf $(VENV) build *.egg-info

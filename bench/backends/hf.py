@@ -1,0 +1,90 @@
+"""transformers backend: ChineseCLIPModel (Chinese CLIP) and CLIPModel (English HF checkpoints)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from bench.backends.base import Backend, TextCheck, missing_dependency
+from bench.errors import BenchError
+from bench.preprocess import squash_transform
+
+# Chinese CLIP's own pipeline: context length 52, lower-cased text, curly quotes normalised.
+CN_CLIP_CONTEXT = 52
+
+
+def normalize_cn_text(text: str) -> str:
+    return text.lower().replace("“", '"').replace("”", '"')
+
+
+class HFImageTransform:
+    """A picklable PIL → tensor wrapper around a transformers image processor (its own protocol)."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, img):
+        return self.processor(images=img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+    def __repr__(self):
+        return f"HFImageTransform({json.dumps(self.processor.to_dict(), sort_keys=True, default=str)})"
+
+
+class TransformersBackend(Backend):
+    def __init__(self, spec, device="cpu", cache_dir=None):
+        super().__init__(spec, device, cache_dir)
+        try:
+            from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+        except ImportError:
+            raise missing_dependency("transformers", "pip install transformers") from None
+        src = spec.model
+        local = Path(src).expanduser()
+        where = str(local) if local.is_dir() else src
+        try:
+            model = AutoModel.from_pretrained(where, revision=spec.pretrained if not local.is_dir() else None)
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            processor = AutoImageProcessor.from_pretrained(where)
+        except (OSError, ValueError) as exc:
+            hint = (f"download it once with `hf download {src}` (into the Hugging Face cache, $HF_HOME/hub)"
+                    if not local.exists() else "the folder must hold a model saved with save_pretrained "
+                    "(config.json, weights, tokenizer and preprocessor files)")
+            raise BenchError(f"cannot load {spec.name} from '{src}': {str(exc).splitlines()[0]}; {hint}") from None
+        self.model_type = model.config.model_type
+        if not hasattr(model, "get_image_features") or not hasattr(model, "get_text_features"):
+            raise BenchError(f"{spec.name}: '{src}' is a {self.model_type} model, not a CLIP-style dual encoder")
+        self.model = model.eval()
+        self.weights_fingerprint
+        self.model.to(self.device)
+        self.tokenizer = tokenizer
+        self.is_cn_clip = self.model_type == "chinese_clip"
+        self.context_length = (CN_CLIP_CONTEXT if self.is_cn_clip
+                               else int(model.config.text_config.max_position_embeddings))
+        if spec.preprocess == "cn-clip":
+            size = int(model.config.vision_config.image_size)
+            self.preprocess = squash_transform(size, processor.image_mean, processor.image_std)
+        else:
+            self.preprocess = HFImageTransform(processor)
+
+    def _prepare_text(self, text: str) -> str:
+        return normalize_cn_text(text) if self.is_cn_clip else text
+
+    @staticmethod
+    def _features(out) -> torch.Tensor:
+        # transformers 5.x may return an output object whose pooler_output holds the projection.
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._features(self.model.get_image_features(pixel_values=pixels))
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        enc = self.tokenizer([self._prepare_text(t) for t in texts], padding="max_length", truncation=True,
+                             max_length=self.context_length, return_tensors="pt")
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        return self._features(self.model.get_text_features(**enc))
+
+    def check_text(self, text: str) -> TextCheck:
+        toks = self.tokenizer.tokenize(self._prepare_text(text))
+        unk = tuple(t for t in toks if t == self.tokenizer.unk_token)
+        return TextCheck(len(toks) + 2, self.context_length, unk)

@@ -1,0 +1,77 @@
+"""open_clip backend: registry arch + pretrained tag, `hf-hub:` and `local-dir:` models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bench.backends.base import Backend, TextCheck, missing_dependency
+from bench.errors import BenchError
+from bench.preprocess import squash_transform
+
+SCHEMAS = ("hf-hub:", "local-dir:")
+
+
+def _weights_hint(open_clip, arch: str, tag: str | None) -> str:
+    cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
+    hub = (cfg or {}).get("hf_hub", "").rstrip("/")
+    if hub:
+        return (f"download them once with `hf download {hub}` (into the Hugging Face cache, "
+                f"$HF_HOME/hub), or set `pretrained:` in a model YAML to a local checkpoint file")
+    return "set `pretrained:` in a model YAML to a local checkpoint file, or `model: local-dir:/path`"
+
+
+class OpenClipBackend(Backend):
+    def __init__(self, spec, device="cpu", cache_dir=None):
+        super().__init__(spec, device, cache_dir)
+        try:
+            import open_clip
+        except ImportError:
+            raise missing_dependency("open_clip_torch", "pip install open_clip_torch") from None
+        name = spec.model
+        pretrained = None if name.startswith(SCHEMAS) else spec.pretrained
+        if name.startswith("local-dir:") and not (Path(name[len("local-dir:"):]) / "open_clip_config.json").is_file():
+            raise BenchError(f"{spec.name}: {name[len('local-dir:'):]} has no open_clip_config.json; "
+                             "save the model with open_clip's push_to_hf_hub/save layout or fix the path")
+        if not name.startswith(SCHEMAS) and name not in open_clip.list_models():
+            from bench.registry import unknown
+            raise unknown("open_clip architecture", name, open_clip.list_models(), hint=f"in model '{spec.name}'")
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, weights_only=True,
+                cache_dir=str(cache_dir / "open_clip") if cache_dir and pretrained and not Path(pretrained).is_file() else None,
+            )
+        except BenchError:
+            raise
+        except Exception as exc:  # open_clip raises RuntimeError/OSError/hub errors for missing weights
+            raise BenchError(
+                f"cannot load weights for {spec.name} (open_clip {name}, pretrained {pretrained!r}): "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                f"{_weights_hint(open_clip, name, pretrained)}") from None
+        self.model = model.eval()
+        self.weights_fingerprint  # hash on CPU before moving
+        self.model.to(self.device)
+        self.tokenizer = open_clip.get_tokenizer(name)
+        self.context_length = int(self.tokenizer.context_length)
+        if spec.preprocess == "cn-clip":
+            cfg = self.model.visual.preprocess_cfg
+            size = cfg.get("size", self.model.visual.image_size)
+            size = size[0] if isinstance(size, (tuple, list)) else size
+            self.preprocess = squash_transform(size, cfg["mean"], cfg["std"])
+        else:
+            self.preprocess = preprocess
+
+    def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(texts).to(self.device))
+
+    def check_text(self, text: str) -> TextCheck:
+        inner = getattr(self.tokenizer, "tokenizer", None)  # HFTokenizer wraps a transformers tokenizer
+        if inner is not None and hasattr(inner, "tokenize"):
+            toks = inner.tokenize(text)
+            unk = tuple(t for t in toks if t == inner.unk_token)
+            return TextCheck(len(toks) + 2, self.context_length, unk)
+        return TextCheck(len(self.tokenizer.encode(text)) + 2, self.context_length)

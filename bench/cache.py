@@ -1,0 +1,160 @@
+"""Content-keyed caches for image features (sharded, checksummed) and text embeddings.
+
+A key is the hash of everything that changes the cached values, so a stale entry can never be
+read by accident. Every file is written to a temporary name and renamed into place, so a killed
+run leaves finished shards (which the next run reuses) and never a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from bench.errors import BenchError
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+def content_key(parts: dict[str, Any]) -> str:
+    """sha256 of a canonical JSON rendering of `parts`."""
+    blob = json.dumps({"v": CACHE_VERSION, **parts}, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode())
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """save_file to a temp name, fsync, rename; returns the file's sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        digest = file_sha256(Path(tmp))
+        os.replace(tmp, path)
+        return digest
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class FeatureCache:
+    """Image features under `<root>/features/<key>/`: shard-NNNNN.safetensors + .json, then index.json."""
+
+    def __init__(self, root: Path, shard_size: int = 2048):
+        self.root = Path(root)
+        self.shard_size = shard_size
+
+    def entry_dir(self, key: str) -> Path:
+        return self.root / "features" / key[:2] / key
+
+    def shard_path(self, key: str, shard: int) -> Path:
+        return self.entry_dir(key) / f"shard-{shard:05d}.safetensors"
+
+    def load_shard(self, key: str, shard: int) -> dict | None:
+        """A finished shard (features, indices, errors) whose checksum matches, else None."""
+        path = self.shard_path(key, shard)
+        meta_path = path.with_suffix(".json")
+        if not path.is_file() or not meta_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if file_sha256(path) != meta["sha256"]:
+                raise ValueError("checksum mismatch")
+            tensors = load_file(path)
+        except Exception as exc:  # noqa: BLE001 - any damage means: re-encode this shard
+            log.warning("cache shard %s is corrupted (%s); it will be re-encoded", path, exc)
+            path.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
+            (self.entry_dir(key) / "index.json").unlink(missing_ok=True)
+            return None
+        return {"features": tensors["features"], "indices": tensors["indices"], "errors": meta.get("errors", [])}
+
+    def save_shard(self, key: str, shard: int, features: torch.Tensor, indices: torch.Tensor,
+                   errors: list[str]) -> None:
+        path = self.shard_path(key, shard)
+        digest = atomic_save_tensors(path, {"features": features.float(), "indices": indices.long()})
+        atomic_write_json(path.with_suffix(".json"), {"sha256": digest, "n": int(indices.numel()), "errors": errors})
+
+    def is_complete(self, key: str) -> bool:
+        return (self.entry_dir(key) / "index.json").is_file()
+
+    def finish(self, key: str, meta: dict) -> None:
+        atomic_write_json(self.entry_dir(key) / "index.json", meta)
+
+
+class TextCache:
+    """Text embeddings for one (model, list of texts) under `<root>/text/<key>.safetensors`."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / "text" / key[:2] / f"{key}.safetensors"
+
+    def load(self, key: str) -> torch.Tensor | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            tensors = load_file(path)
+            if hashlib.sha256(tensors["embeddings"].numpy().tobytes()).hexdigest() != tensors.get(
+                    "sha", torch.empty(0)).numpy().tobytes().decode(errors="ignore"):
+                raise ValueError("checksum mismatch")
+            return tensors["embeddings"]
+        except Exception as exc:  # noqa: BLE001
+            log.warning("text cache entry %s is corrupted (%s); re-encoding", path, exc)
+            path.unlink(missing_ok=True)
+            return None
+
+    def save(self, key: str, embeddings: torch.Tensor) -> None:
+        emb = embeddings.float().contiguous()
+        sha = hashlib.sha256(emb.numpy().tobytes()).hexdigest().encode()
+        atomic_save_tensors(self.path(key), {"embeddings": emb, "sha": torch.frombuffer(bytearray(sha), dtype=torch.uint8)})
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Fail early, in one line, when `folder` cannot be created or written."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise BenchError(f"{what} {folder} is not writable ({exc.strerror or exc}); choose another with the flag") from None

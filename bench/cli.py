@@ -1,0 +1,209 @@
+"""Command line: turns flags into a plan for the runner; errors are one line, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.paths import default_cache_dir, default_data_root
+
+log = logging.getLogger("bench")
+
+RUN_EPILOG = """examples:
+  bench run --model demo --dataset digits
+  bench run --model vit-h14 --dataset all --data-root ~/elevater
+  bench run --model openai/vit-l14 --dataset cifar-10 --prompts simple-en --save-predictions
+  bench run --model my-model.yaml --dataset ./data/kitti-distance --labels other-not-negation
+"""
+
+
+def _add_common_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder holding the datasets (default: $BENCH_DATA, else data/)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="feature cache (default: $BENCH_CACHE, else ~/.cache/bench)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="Zero-shot image classification benchmarks "
+                                     "for CLIP-family models, in Chinese and English.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="evaluate models on datasets", epilog=RUN_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--model", action="append", required=True,
+                     help="registry name, alias (vit-h14) or model YAML path; repeat or space-separate for several")
+    run.add_argument("--dataset", action="append", required=True,
+                     help="registry name, 'all', or a dataset folder path; repeatable")
+    run.add_argument("--task", default="zeroshot", choices=["zeroshot", "linear-probe", "all"])
+    _add_common_data(run)
+    run.add_argument("--split", default="test")
+    run.add_argument("--prompts", default=None, help="prompt set name or YAML file (default: the model's language)")
+    run.add_argument("--labels", default=None, help="label variant name, label YAML file, or 'dataset'")
+    run.add_argument("--language", choices=["en", "zh"], default=None,
+                     help="evaluate in this language instead of the model's own")
+    run.add_argument("--out", type=Path, default=Path("results/runs"), help="results folder (default: results/runs)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--workers", type=int, default=None, help="image decoding processes (default: cores - 1)")
+    run.add_argument("--save-predictions", action="store_true", help="also write zeroshot.predictions.csv")
+    run.add_argument("--limit", type=int, default=None, help="evaluate at most N images per dataset (stratified)")
+    run.add_argument("--skip-bad-images", action="store_true",
+                     help="skip unreadable images (their count is recorded) instead of failing")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bars (default: on when stderr is a terminal)")
+    run.set_defaults(func=cmd_run)
+
+    models = sub.add_parser("models", help="the model registry")
+    msub = models.add_subparsers(dest="action", required=True)
+    ml = msub.add_parser("list", help="list registered models")
+    ml.add_argument("--json", action="store_true")
+    ml.set_defaults(func=cmd_models_list)
+
+    datasets = sub.add_parser("datasets", help="the dataset registry")
+    dsub = datasets.add_subparsers(dest="action", required=True)
+    dl = dsub.add_parser("list", help="list registered datasets")
+    dl.add_argument("--json", action="store_true")
+    _add_common_data(dl)
+    dl.set_defaults(func=cmd_datasets_list)
+    dp = dsub.add_parser("prepare", help="put a dataset under the data root")
+    dp.add_argument("name")
+    _add_common_data(dp)
+    dp.set_defaults(func=cmd_datasets_prepare)
+
+    report = sub.add_parser("report", help="HTML + Markdown report from result JSON")
+    report.add_argument("runs", nargs="*", type=Path, default=[Path("results/runs")])
+    report.add_argument("--out", type=Path, default=Path("results/report"))
+    report.add_argument("--format", choices=["md", "html", "both"], default="both")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def _split_multi(values: list[str]) -> list[str]:
+    return [v for value in values for v in value.split()]
+
+
+def cmd_run(args) -> int:
+    from bench.runner import RunOptions, run
+
+    if args.batch_size < 1:
+        raise BenchError("--batch-size must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        raise BenchError("--limit must be at least 1")
+    tasks = ("zeroshot", "linear_probe") if args.task == "all" else (args.task.replace("-", "_"),)
+    opts = RunOptions(
+        out=args.out, cache_dir=args.cache_dir or default_cache_dir(), data_root=args.data_root or default_data_root(),
+        split=args.split, prompts=args.prompts, labels=args.labels, language=args.language, device=args.device,
+        batch_size=args.batch_size, workers=args.workers, save_predictions=args.save_predictions, limit=args.limit,
+        skip_bad_images=args.skip_bad_images,
+        progress=sys.stderr.isatty() if args.progress is None else args.progress)
+    results = run(_split_multi(args.model), _split_multi(args.dataset), opts, tasks)
+    print(format_table(results))
+    print(f"results written under {args.out}/")
+    return 0
+
+
+def format_table(results: list[dict]) -> str:
+    rows = [("model", "dataset", "task", "n", "metric", "primary", "top-1")]
+    for r in results:
+        m = r["metrics"]
+        rows.append((r["model"], r["dataset"], r["task"], str(r["n_samples"]), r["metric"],
+                     f"{100 * m['primary']:.1f}", f"{100 * m['top1']:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i < 5 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_models_list(args) -> int:
+    from bench.models import list_models, model_aliases
+
+    models = list_models()
+    aliases = model_aliases()
+    if args.json:
+        print(json.dumps([{"name": m.name, "backend": m.backend, "model": m.model, "pretrained": m.pretrained,
+                           "language": m.language, "preprocess": m.preprocess,
+                           "aliases": sorted(a for a, t in aliases.items() if t == m.name)} for m in models],
+                         indent=2, ensure_ascii=False))
+        return 0
+    for m in models:
+        alias = ", ".join(sorted(a for a, t in aliases.items() if t == m.name))
+        weights = f"{m.model}" + (f" ({m.pretrained})" if m.pretrained else "")
+        print(f"{m.name:22} {m.backend:13} {m.language}  {weights}" + (f"  [alias: {alias}]" if alias else ""))
+    return 0
+
+
+def cmd_datasets_list(args) -> int:
+    from bench.datasets import elevater
+    from bench.datasets.registry import list_datasets
+
+    root = args.data_root or default_data_root()
+    specs = list_datasets()
+    rows = [{"name": s.name, "classes": s.num_classes, "metric": s.metric, "test": s.splits.get("test"),
+             "optional": s.optional, "demo": s.demo,
+             "present": elevater.find_folder(s, root) is not None} for s in specs]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':20} {'classes':>7}  {'metric':15} {'test':>6}  under {root}")
+    for r in rows:
+        tag = " (optional)" if r["optional"] else " (demo)" if r["demo"] else ""
+        print(f"{r['name']:20} {r['classes']:>7}  {r['metric']:15} {r['test'] or '':>6}  "
+              f"{'yes' if r['present'] else '—'}{tag}")
+    return 0
+
+
+def cmd_datasets_prepare(args) -> int:
+    from bench.datasets.registry import get_dataset
+    from bench.runner import GENERATORS
+
+    spec = get_dataset(args.name)
+    root = args.data_root or default_data_root()
+    gen = spec.sources.get("generated")
+    if gen in GENERATORS:
+        folder = GENERATORS[gen](root / spec.folder_names[0])
+        print(f"{spec.name}: ready in {folder}")
+        return 0
+    raise BenchError(f"{spec.name}: automatic download is not available; put Chinese CLIP's ELEVATER archive "
+                     f"folder '{spec.folder_names[0]}' under {root} (layout: {spec.folder_names[0]}/test/<class id>/<image>)")
+
+
+def cmd_report(args) -> int:
+    from bench.report import build_report
+
+    paths = build_report(args.runs, args.out, args.format)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and closed early
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""One split of one dataset, as every source adapter presents it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from bench.datasets.registry import DatasetSpec
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """Samples of one split: paths relative to `root` (forward slashes) and class-index targets."""
+
+    spec: DatasetSpec
+    split: str
+    root: Path
+    paths: tuple[str, ...]
+    targets: tuple  # int per sample, or a tuple of ints per sample for multi-label sets
+    source: str
+    class_names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # the source's own labels
+    fingerprint: str = ""
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: list[int]) -> "SplitData":
+        paths = tuple(self.paths[i] for i in indices)
+        targets = tuple(self.targets[i] for i in indices)
+        fp = hashlib.sha256(json.dumps([self.fingerprint, list(indices)]).encode()).hexdigest()
+        return SplitData(self.spec, self.split, self.root, paths, targets, self.source, self.class_names, fp)
+
+
+def stratified_limit(targets: tuple, limit: int) -> list[int]:
+    """The first `limit` sample indices taken round-robin over classes (deterministic, sorted)."""
+    by_class: dict = {}
+    for i, t in enumerate(targets):
+        key = t if isinstance(t, int) else (t[0] if t else -1)
+        by_class.setdefault(key, []).append(i)
+    queues = [by_class[k] for k in sorted(by_class)]
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < limit and any(depth < len(q) for q in queues):
+        for q in queues:
+            if depth < len(q) and len(picked) < limit:
+                picked.append(q[depth])
+        depth += 1
+    return sorted(picked)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Opens images lazily (in DataLoader workers); a failure is returned, not raised, with the path."""
+
+    def __init__(self, root: Path, paths: tuple[str, ...], transform, indices: list[int] | None = None):
+        self.root = Path(root)
+        self.paths = paths
+        self.transform = transform
+        self.indices = list(range(len(paths))) if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        i = self.indices[k]
+        path = self.root / self.paths[i]
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return self.transform(img), i, ""
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is reported with its path
+            return None, i, f"{path}: {type(exc).__name__}: {exc}"
+
+
+def collate(items):
+    """Stack the images that decoded; keep indices and error messages of those that did not."""
+    good = [(x, i) for x, i, err in items if not err]
+    errors = [(i, err) for _, i, err in items if err]
+    pixels = torch.stack([x for x, _ in good]) if good else None
+    return pixels, [i for _, i in good], errors

@@ -1,0 +1,91 @@
+"""Class names per language and dataset (contract: label_translations/<language>/<dataset>.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.datasets.base import SplitData
+from bench.datasets.registry import DatasetSpec
+from bench.errors import BenchError
+from bench.paths import labels_dir
+from bench.prompts import check_name, is_path_arg
+from bench.registry import load_yaml, unknown
+
+
+@dataclass(frozen=True)
+class Labels:
+    names: tuple[str, ...]
+    source: str  # file the names came from
+    variant: str | None = None  # named variant applied, if any
+
+    @property
+    def description(self) -> str:
+        return f"{self.source}" + (f"#{self.variant}" if self.variant else "")
+
+
+def parse_label_file(path: Path) -> tuple[tuple[str, ...], dict[str, dict[int, str]]]:
+    """(labels, variants) from a label YAML file, with types checked."""
+    data = load_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("labels"), list):
+        raise BenchError(f"{path}: a label file is a mapping with a 'labels' list")
+    extra = set(data) - {"labels", "variants"}
+    if extra:
+        raise BenchError(f"{path}: unknown key(s) {', '.join(sorted(map(str, extra)))}; allowed: labels, variants")
+    labels = data["labels"]
+    bad = [i for i, x in enumerate(labels) if not isinstance(x, (str, int, float)) or not str(x).strip()]
+    if bad:
+        raise BenchError(f"{path}: label #{bad[0]} is empty or not text")
+    variants_raw = data.get("variants") or {}
+    if not isinstance(variants_raw, dict):
+        raise BenchError(f"{path}: variants must map a variant name to {{class index: name}}")
+    variants: dict[str, dict[int, str]] = {}
+    for vname, mapping in variants_raw.items():
+        if not isinstance(mapping, dict) or not all(isinstance(k, int) and not isinstance(k, bool) for k in mapping):
+            raise BenchError(f"{path}: variant '{vname}' must map class indices (integers) to names")
+        out_of_range = [k for k in mapping if not 0 <= k < len(labels)]
+        if out_of_range:
+            raise BenchError(f"{path}: variant '{vname}' names class {out_of_range[0]}, "
+                             f"but the file has {len(labels)} labels")
+        variants[str(vname)] = {k: str(v) for k, v in mapping.items()}
+    return tuple(str(x).strip() for x in labels), variants
+
+
+def label_file(language: str, dataset: str) -> Path:
+    return labels_dir() / language / f"{dataset}.yaml"
+
+
+def check_count(names: tuple[str, ...], spec: DatasetSpec, source: str) -> None:
+    if len(names) != spec.num_classes:
+        raise BenchError(f"{source}: has {len(names)} class names, but dataset {spec.name} has "
+                         f"{spec.num_classes} classes; fix the file so it lists one name per class in index order")
+
+
+def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: SplitData | None = None) -> Labels:
+    """Labels for `spec` in `language`: the shipped default, a named variant, a YAML path, or `dataset`."""
+    if arg == "dataset":
+        if data is None or language not in data.class_names:
+            fname = {"en": "label.txt", "zh": "label_cn.txt"}[language]
+            raise BenchError(f"--labels dataset: {spec.name} has no {fname} beside its splits")
+        names = data.class_names[language]
+        labels = Labels(names, str(Path(data.root).parent / {"en": "label.txt", "zh": "label_cn.txt"}[language]))
+    elif arg is not None and is_path_arg(arg):
+        names, _ = parse_label_file(Path(arg))
+        labels = Labels(names, str(arg))
+    else:
+        path = label_file(language, spec.name)
+        if not path.is_file():
+            have = sorted(p.parent.name for p in labels_dir().glob(f"*/{spec.name}.yaml"))
+            raise BenchError(f"no {language} labels for dataset {spec.name} ({path} is missing; "
+                             f"languages available: {', '.join(have) or 'none'}); "
+                             "write that file or pass --labels FILE")
+        names, variants = parse_label_file(path)
+        variant = None
+        if arg is not None:
+            variant = check_name(arg, "label variant")
+            if variant not in variants:
+                raise unknown("label variant", arg, list(variants) + ["dataset"], hint=f"variants are defined in {path}")
+            names = tuple(variants[variant].get(i, n) for i, n in enumerate(names))
+        labels = Labels(names, str(path), variant)
+    check_count(labels.names, spec, labels.description)
+    return labels

@@ -1,0 +1,169 @@
+"""Prompt sets (contract): YAML files of jinja2 templates, rendered in a sandbox with strict undefined."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+import jinja2.meta
+import yaml
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from bench.errors import BenchError
+from bench.paths import prompts_dir
+from bench.registry import load_yaml, unknown
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+ALLOWED_KEYS = {"name", "language", "description", "templates", "per_dataset"}
+
+
+@lru_cache(maxsize=1)
+def environment() -> ImmutableSandboxedEnvironment:
+    """The one jinja2 environment: sandboxed (no Python internals), strict undefined variables."""
+    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                         keep_trailing_newline=False)
+
+
+def is_path_arg(arg: str) -> bool:
+    """A command-line value names a file when it looks like one; anything else must be a plain name."""
+    return arg.endswith((".yaml", ".yml"))
+
+
+def check_name(arg: str, kind: str) -> str:
+    if not NAME_RE.match(arg):
+        raise BenchError(f"invalid {kind} name '{arg}': use a registered name (letters, digits, '.', '_', '-') "
+                         "or a path to a .yaml file")
+    return arg
+
+
+def template_lines(path: Path, text: str) -> dict[tuple, int]:
+    """1-based file line of each template string: ('templates', i) or ('per_dataset', ds, i)."""
+    lines: dict[tuple, int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for key, value in root.value:
+        if key.value == "templates" and isinstance(value, yaml.SequenceNode):
+            for i, node in enumerate(value.value):
+                lines[("templates", i)] = node.start_mark.line + 1
+        elif key.value == "per_dataset" and isinstance(value, yaml.MappingNode):
+            for ds, seq in value.value:
+                if isinstance(seq, yaml.SequenceNode):
+                    for i, node in enumerate(seq.value):
+                        lines[("per_dataset", ds.value, i)] = node.start_mark.line + 1
+    return lines
+
+
+def compile_template(source: str, where: str) -> jinja2.Template:
+    """Parse one template: a syntax error or any variable other than `label` is an error at `where`."""
+    env = environment()
+    if not isinstance(source, str) or not source.strip():
+        raise BenchError(f"{where}: template must be a non-empty string")
+    try:
+        ast = env.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise BenchError(f"{where}: jinja2 syntax error: {exc.message}") from None
+    names = jinja2.meta.find_undeclared_variables(ast)
+    if "label" not in names:
+        raise BenchError(f"{where}: template has no {{{{ label }}}}: {source!r}")
+    if names - {"label"}:
+        raise BenchError(f"{where}: undefined variable(s) {', '.join(sorted(names - {'label'}))} "
+                         "(only {{ label }} is available)")
+    return env.from_string(source)
+
+
+def render(template: jinja2.Template, label: str, where: str = "template") -> str:
+    try:
+        return template.render(label=label)
+    except jinja2.exceptions.SecurityError as exc:
+        raise BenchError(f"{where}: blocked by the template sandbox: {exc}") from None
+    except jinja2.TemplateError as exc:
+        raise BenchError(f"{where}: cannot render: {exc}") from None
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    language: str
+    templates: tuple[str, ...] = ()
+    per_dataset: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    description: str = ""
+    path: str = ""
+    lines: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def templates_for(self, dataset: str) -> tuple[str, ...]:
+        if dataset in self.per_dataset:
+            return self.per_dataset[dataset]
+        if self.templates:
+            return self.templates
+        raise BenchError(f"prompt set '{self.name}' ({self.path}) has no templates for dataset '{dataset}' "
+                         f"(it covers: {', '.join(sorted(self.per_dataset))}); add them under per_dataset")
+
+    def where(self, key: tuple) -> str:
+        line = self.lines.get(key)
+        return f"{self.path}:{line}" if line else self.path
+
+    def compiled(self, dataset: str) -> list[tuple[str, jinja2.Template]]:
+        key_base = ("per_dataset", dataset) if dataset in self.per_dataset else ("templates",)
+        return [(src, compile_template(src, f"{self.where((*key_base, i))}: template {i + 1}"))
+                for i, src in enumerate(self.templates_for(dataset))]
+
+    def render(self, dataset: str, labels: list[str]) -> list[list[str]]:
+        """[C][T] prompt texts for every label × template."""
+        compiled = self.compiled(dataset)
+        return [[render(t, label, f"{self.path}: template {src!r}") for src, t in compiled] for label in labels]
+
+
+def parse_prompt_set(path: Path) -> PromptSet:
+    """Load and fully validate a prompt-set file (every template compiled)."""
+    path = Path(path)
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise BenchError(f"{path}: a prompt set is a mapping with name, language and templates")
+    extra = set(data) - ALLOWED_KEYS
+    if extra:
+        raise BenchError(f"{path}: unknown key(s) {', '.join(sorted(map(str, extra)))}; "
+                         f"allowed: {', '.join(sorted(ALLOWED_KEYS))}")
+    language = data.get("language")
+    if language not in ("en", "zh"):
+        raise BenchError(f"{path}: language must be 'en' or 'zh', got {language!r}")
+    templates = data.get("templates") or []
+    per_dataset = data.get("per_dataset") or {}
+    if not isinstance(templates, list) or not isinstance(per_dataset, dict):
+        raise BenchError(f"{path}: templates must be a list and per_dataset a mapping of lists")
+    if not templates and not per_dataset:
+        raise BenchError(f"{path}: no templates")
+    lines = template_lines(path, path.read_text(encoding="utf-8"))
+    ps = PromptSet(name=str(data.get("name") or path.stem), language=language, templates=tuple(templates),
+                   per_dataset={str(k): tuple(v) if isinstance(v, list) else v for k, v in per_dataset.items()},
+                   description=str(data.get("description") or ""), path=str(path), lines=lines)
+    for ds, tpl in ps.per_dataset.items():
+        if not isinstance(tpl, tuple) or not tpl:
+            raise BenchError(f"{path}: per_dataset.{ds} must be a non-empty list of templates")
+    for i, src in enumerate(ps.templates):
+        compile_template(src, f"{ps.where(('templates', i))}: template {i + 1}")
+    for ds, tpl in ps.per_dataset.items():
+        for i, src in enumerate(tpl):
+            compile_template(src, f"{ps.where(('per_dataset', ds, i))}: template {i + 1}")
+    return ps
+
+
+def list_prompt_sets() -> list[str]:
+    return sorted(p.stem for p in prompts_dir().glob("*.yaml"))
+
+
+def load_prompt_set(arg: str) -> PromptSet:
+    """A shipped set by name, or a YAML file by path."""
+    if is_path_arg(arg):
+        return parse_prompt_set(Path(arg))
+    check_name(arg, "prompt set")
+    path = prompts_dir() / f"{arg}.yaml"
+    if not path.is_file():
+        raise unknown("prompt set", arg, list_prompt_sets(), hint="or pass a path to a prompt-set .yaml file")
+    return parse_prompt_set(path)

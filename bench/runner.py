@@ -1,0 +1,250 @@
+"""One runner over a plan: models × datasets → zero-shot results JSON (+ predictions CSV)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench import __version__
+from bench.backends import load_backend
+from bench.backends.base import Backend
+from bench.cache import FeatureCache, TextCache, atomic_write_bytes, atomic_write_json, check_writable
+from bench.datasets import elevater
+from bench.datasets.base import SplitData, stratified_limit
+from bench.datasets.digits import prepare_digits
+from bench.datasets.registry import DatasetSpec, get_dataset, list_datasets
+from bench.errors import BenchError
+from bench.features import image_features, text_embeddings
+from bench.labels import Labels, resolve_labels
+from bench.metrics import compute_metrics
+from bench.models import ModelSpec, resolve_model
+from bench.prompts import PromptSet, load_prompt_set
+from bench.zeroshot import class_embeddings, scores
+
+log = logging.getLogger(__name__)
+TASKS = ("zeroshot",)
+# Sources that can be generated locally without network, by name.
+GENERATORS = {"digits": prepare_digits}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out: Path
+    cache_dir: Path
+    data_root: Path = Path("data")
+    split: str = "test"
+    prompts: str | None = None
+    labels: str | None = None
+    language: str | None = None
+    device: str = "auto"
+    batch_size: int = 64
+    workers: int | None = None
+    save_predictions: bool = False
+    limit: int | None = None
+    skip_bad_images: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    spec: DatasetSpec
+    folder: Path
+
+
+def prepare_command(spec: DatasetSpec) -> str:
+    return f"bench datasets prepare {spec.name} --data-root DIR"
+
+
+def resolve_datasets(names: list[str], data_root: Path) -> tuple[list[DatasetRef], list[str]]:
+    """Dataset folders to run, and a note per `all` member that is not under `data_root`."""
+    refs: list[DatasetRef] = []
+    missing: list[str] = []
+    for name in names:
+        path = Path(name)
+        if name == "all":
+            for spec in list_datasets(include_optional=False, include_demo=False):
+                folder = elevater.find_folder(spec, data_root)
+                if folder is None:
+                    missing.append(f"{spec.name}: not found under {data_root} (run `{prepare_command(spec)}`)")
+                else:
+                    refs.append(DatasetRef(spec, folder))
+            continue
+        if path.is_dir() and ("/" in name or elevater.is_dataset_folder(path)):
+            if not elevater.is_dataset_folder(path):
+                raise BenchError(f"{path}: not a dataset folder (expected {path}/test/<class id>/<image>)")
+            refs.append(DatasetRef(elevater.spec_for_folder(path), path))
+            continue
+        spec = get_dataset(name)
+        folder = elevater.find_folder(spec, data_root)
+        if folder is None and spec.sources.get("generated") in GENERATORS:
+            folder = GENERATORS[spec.sources["generated"]](data_root / spec.folder_names[0])
+        if folder is None:
+            if not data_root.exists():
+                raise BenchError(f"data root {data_root} does not exist; pass --data-root DIR or set BENCH_DATA")
+            raise BenchError(f"dataset {spec.name} not found under {data_root} (looked for "
+                             f"{', '.join(spec.folder_names)}); run `{prepare_command(spec)}`")
+        refs.append(DatasetRef(spec, folder))
+    seen = set()
+    unique = [r for r in refs if not (r.folder.resolve() in seen or seen.add(r.folder.resolve()))]
+    return unique, missing
+
+
+def load_data(ref: DatasetRef, split: str, limit: int | None) -> SplitData:
+    data = elevater.load_split(ref.spec, ref.folder, split)
+    if limit is not None and limit < len(data):
+        data = data.subset(stratified_limit(data.targets, limit))
+    return data
+
+
+def package_versions() -> dict[str, str]:
+    out = {"bench": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "open_clip_torch", "transformers", "numpy", "scikit-learn", "cn_clip"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def target_array(data: SplitData, indices: torch.Tensor) -> np.ndarray:
+    idx = indices.numpy()
+    if data.spec.multilabel:
+        out = np.zeros((len(idx), data.spec.num_classes), dtype=np.int64)
+        for row, i in enumerate(idx):
+            out[row, list(data.targets[i])] = 1
+        return out
+    return np.asarray([data.targets[i] for i in idx], dtype=np.int64)
+
+
+class Runner:
+    """Holds the caches and loaded backends for one invocation."""
+
+    def __init__(self, opts: RunOptions):
+        self.opts = opts
+        check_writable(opts.cache_dir, "cache directory")
+        self.features = FeatureCache(opts.cache_dir)
+        self.texts = TextCache(opts.cache_dir)
+        self._backends: dict[str, Backend] = {}
+
+    def backend(self, spec: ModelSpec) -> Backend:
+        if spec.name not in self._backends:
+            log.info("loading %s", spec.name)
+            self._backends[spec.name] = load_backend(spec, device=self.opts.device, cache_dir=self.opts.cache_dir)
+        return self._backends[spec.name]
+
+    def language(self, spec: ModelSpec) -> str:
+        return self.opts.language or spec.language
+
+    def prompt_set(self, spec: ModelSpec) -> PromptSet:
+        ps = load_prompt_set(self.opts.prompts or spec.default_prompts)
+        return ps
+
+    def class_weights(self, backend: Backend, ps: PromptSet, dataset: str, labels: Labels) -> torch.Tensor:
+        """[C, T, D] prompt embeddings for every label × template (cached per model × prompts × labels)."""
+        grid = ps.render(dataset, list(labels.names))
+        flat = [t for row in grid for t in row]
+        emb = text_embeddings(backend, flat, self.texts, progress=self.opts.progress)
+        return emb.view(len(grid), len(grid[0]), -1)
+
+    def zeroshot(self, spec: ModelSpec, ref: DatasetRef) -> dict:
+        opts = self.opts
+        t0 = time.perf_counter()
+        data = load_data(ref, opts.split, opts.limit)
+        language = self.language(spec)
+        labels = resolve_labels(opts.labels, ref.spec, language, data)
+        ps = self.prompt_set(spec)
+        if ps.language != language:
+            log.warning("prompt set %s is %s but %s is evaluated in %s", ps.name, ps.language, spec.name, language)
+        ps.templates_for(ref.spec.name)  # fail on a missing per-dataset set before encoding images
+        backend = self.backend(spec)
+        feats = image_features(backend, data, self.features, batch_size=opts.batch_size, workers=opts.workers,
+                               skip_bad_images=opts.skip_bad_images, progress=opts.progress)
+        t1 = time.perf_counter()
+        per_prompt = self.class_weights(backend, ps, ref.spec.name, labels)
+        logits = scores(feats.features, class_embeddings(per_prompt)).numpy()
+        targets = target_array(data, feats.indices)
+        metrics = compute_metrics(logits, targets, ref.spec.metric)
+        t2 = time.perf_counter()
+        result = {
+            "model": spec.name,
+            "dataset": ref.spec.name,
+            "split": data.split,
+            "task": "zeroshot",
+            "language": language,
+            "prompts": ps.name,
+            "labels": labels.description,
+            "label_variant": labels.variant,
+            "n_samples": int(feats.indices.numel()),
+            "n_classes": ref.spec.num_classes,
+            "n_templates": per_prompt.shape[1],
+            "metric": ref.spec.metric,
+            "metrics": metrics,
+            "skipped_images": len(feats.errors),
+            "skipped_examples": feats.errors[:5],
+            "limit": opts.limit,
+            "source": data.source,
+            "cache": {"image_features": feats.key, "images_encoded": feats.n_encoded},
+            "timings": {"image_features_s": round(feats.seconds, 3), "classify_s": round(t2 - t1, 3),
+                        "total_s": round(t2 - t0, 3)},
+            "manifest": self.manifest(backend, data, ps),
+        }
+        self.write(result, data, logits, targets, feats.indices)
+        return result
+
+    def manifest(self, backend: Backend, data: SplitData, ps: PromptSet) -> dict:
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()}
+        return {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": package_versions(),
+            "model": {**backend.identity(), "language": backend.spec.language, "source": backend.spec.source},
+            "dataset": {"name": data.spec.name, "folder": str(Path(data.root).parent), "fingerprint": data.fingerprint},
+            "prompts": {"name": ps.name, "path": ps.path},
+            "device": str(backend.device),
+            "settings": settings,
+        }
+
+    def write(self, result: dict, data: SplitData, logits: np.ndarray, targets: np.ndarray,
+              indices: torch.Tensor) -> None:
+        folder = self.opts.out / result["model"] / result["dataset"]
+        check_writable(folder, "output directory")
+        if self.opts.save_predictions:
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(["path", "target", "prediction"])
+            preds = logits.argmax(axis=1)
+            for row, i in enumerate(indices.tolist()):
+                t = data.targets[i]
+                w.writerow([data.paths[i], t if isinstance(t, int) else ";".join(map(str, t)), int(preds[row])])
+            atomic_write_bytes(folder / "zeroshot.predictions.csv", buf.getvalue().encode("utf-8"))
+        atomic_write_json(folder / "zeroshot.json", result)
+
+
+def run(model_names: list[str], dataset_names: list[str], opts: RunOptions, tasks: tuple[str, ...] = TASKS) -> list[dict]:
+    """Resolve everything first (fail fast on bad names), then evaluate each model on each dataset."""
+    models = [resolve_model(m) for m in model_names]
+    refs, missing = resolve_datasets(dataset_names, opts.data_root)
+    for note in missing:
+        log.warning("skipping %s", note)
+    if not refs:
+        raise BenchError(f"no datasets to run under {opts.data_root}: " + "; ".join(missing[:3]) +
+                         (" …" if len(missing) > 3 else ""))
+    for task in tasks:
+        if task not in TASKS:
+            raise BenchError(f"task '{task}' is not available yet; available: {', '.join(TASKS)}")
+    check_writable(opts.out, "output directory")
+    runner = Runner(opts)
+    results = []
+    for spec in models:
+        for ref in refs:
+            results.append(runner.zeroshot(spec, ref))
+    return results
