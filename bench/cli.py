@@ -14,6 +14,9 @@ from bench.paths import default_cache_dir, default_data_root
 
 log = logging.getLogger("bench")
 
+# Feature modules that add their own subcommands: each has `register_cli(subparsers)`.
+EXTENSIONS: tuple[str, ...] = ()
+
 RUN_EPILOG = """examples:
   bench run --model demo --dataset digits
   bench run --model vit-h14 --dataset all --data-root ~/elevater
@@ -83,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, default=Path("results/report"))
     report.add_argument("--format", choices=["md", "html", "both"], default="both")
     report.set_defaults(func=cmd_report)
+
+    import importlib
+
+    for module in EXTENSIONS:
+        importlib.import_module(module).register_cli(sub)
     return parser
 
 
