@@ -37,8 +37,10 @@ class TransformersBackend(Backend):
         super().__init__(spec, device, cache_dir)
         try:
             from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
         except ImportError:
             raise missing_dependency("transformers", "pip install transformers") from None
+        hf_logging.disable_progress_bar()  # our own progress bars are enough
         src = spec.model
         local = Path(src).expanduser()
         where = str(local) if local.is_dir() else src
