@@ -51,6 +51,16 @@ def parse_label_file(path: Path) -> tuple[tuple[str, ...], dict[str, dict[int, s
     return tuple(str(x).strip() for x in labels), variants
 
 
+def display_path(path: Path) -> str:
+    """Shipped files are named relative to the resource root, so results do not depend on the checkout."""
+    from bench.paths import resource_root
+
+    try:
+        return Path(path).resolve().relative_to(resource_root().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def label_file(language: str, dataset: str) -> Path:
     return labels_dir() / language / f"{dataset}.yaml"
 
@@ -86,6 +96,6 @@ def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: Spli
             if variant not in variants:
                 raise unknown("label variant", arg, list(variants) + ["dataset"], hint=f"variants are defined in {path}")
             names = tuple(variants[variant].get(i, n) for i, n in enumerate(names))
-        labels = Labels(names, str(path), variant)
+        labels = Labels(names, display_path(path), variant)
     check_count(labels.names, spec, labels.description)
     return labels
