@@ -29,7 +29,7 @@ class ModelSpec:
     description: str = ""
     source: str = "registry"  # where the spec came from (registry or a file path)
 
-    def validate(self, where: str) -> "ModelSpec":
+    def validate(self, where: str) -> ModelSpec:
         from bench.backends import BACKENDS
 
         if self.language not in LANGUAGES:

@@ -8,7 +8,7 @@ import logging
 import platform
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -204,7 +204,7 @@ class Runner:
     def manifest(self, backend: Backend, data: SplitData, ps: PromptSet) -> dict:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()}
         return {
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": package_versions(),
             "model": {**backend.identity(), "language": backend.spec.language, "source": backend.spec.source},
             "dataset": {"name": data.spec.name, "folder": str(Path(data.root).parent), "fingerprint": data.fingerprint},

@@ -47,8 +47,7 @@ def make_chinese_clip_dir(folder: Path, seed: int = 0) -> Path:
     """A random-init ChineseCLIPModel saved with save_pretrained (model, tokenizer, image processor)."""
     import shutil
 
-    from transformers import (BertTokenizerFast, ChineseCLIPConfig, ChineseCLIPImageProcessor,
-                              ChineseCLIPModel)
+    from transformers import BertTokenizerFast, ChineseCLIPConfig, ChineseCLIPImageProcessor, ChineseCLIPModel
 
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def load_backend(spec: "ModelSpec", device: str = "cpu", cache_dir=None) -> "Backend":
+def load_backend(spec: ModelSpec, device: str = "cpu", cache_dir=None) -> Backend:
     """Instantiate the backend named by `spec.backend` (imports its optional dependency lazily)."""
     module_name, cls_name = BACKENDS[spec.backend].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)

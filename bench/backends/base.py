@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -66,6 +66,12 @@ class Backend(ABC):
         self.device = resolve_device(device)
         self.cache_dir = cache_dir
         self._weights: str | None = None
+
+    def _adopt(self, model: torch.nn.Module) -> None:
+        """Take a loaded model: eval mode, weights hashed on the CPU, then moved to the device."""
+        self.model = model.eval()
+        self._weights = fingerprint_module(self.model)
+        self.model.to(self.device)
 
     # -- identity -----------------------------------------------------------------------------
     @property

@@ -56,9 +56,7 @@ class CnClipBackend(Backend):
         except (AssertionError, RuntimeError, ValueError) as exc:
             raise BenchError(f"{spec.name}: cannot build cn_clip '{spec.model}' from {path}: "
                              f"{str(exc).splitlines()[0] if str(exc) else 'unknown architecture'}") from None
-        self.model = model.float().eval()
-        self.weights_fingerprint
-        self.model.to(self.device)
+        self._adopt(model.float())
         self._tokenizer = _tokenizer
         self.context_length = CN_CLIP_CONTEXT
         self.preprocess = squash_transform(int(model.visual.input_resolution), CLIP_MEAN, CLIP_STD)

@@ -56,9 +56,7 @@ class TransformersBackend(Backend):
         self.model_type = model.config.model_type
         if not hasattr(model, "get_image_features") or not hasattr(model, "get_text_features"):
             raise BenchError(f"{spec.name}: '{src}' is a {self.model_type} model, not a CLIP-style dual encoder")
-        self.model = model.eval()
-        self.weights_fingerprint
-        self.model.to(self.device)
+        self._adopt(model)
         self.tokenizer = tokenizer
         self.is_cn_clip = self.model_type == "chinese_clip"
         self.context_length = (CN_CLIP_CONTEXT if self.is_cn_clip

@@ -49,9 +49,7 @@ class OpenClipBackend(Backend):
                 f"cannot load weights for {spec.name} (open_clip {name}, pretrained {pretrained!r}): "
                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
                 f"{_weights_hint(open_clip, name, pretrained)}") from None
-        self.model = model.eval()
-        self.weights_fingerprint  # hash on CPU before moving
-        self.model.to(self.device)
+        self._adopt(model)
         self.tokenizer = open_clip.get_tokenizer(name)
         self.context_length = int(self.tokenizer.context_length)
         if spec.preprocess == "cn-clip":

@@ -29,7 +29,7 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, indices: list[int]) -> "SplitData":
+    def subset(self, indices: list[int]) -> SplitData:
         paths = tuple(self.paths[i] for i in indices)
         targets = tuple(self.targets[i] for i in indices)
         fp = hashlib.sha256(json.dumps([self.fingerprint, list(indices)]).encode()).hexdigest()

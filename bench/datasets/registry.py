@@ -32,7 +32,7 @@ class DatasetSpec:
     sources: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 
-    def validate(self, where: str) -> "DatasetSpec":
+    def validate(self, where: str) -> DatasetSpec:
         if self.metric not in METRIC_NAMES:
             raise BenchError(f"{where}: metric must be one of {', '.join(METRIC_NAMES)}, got '{self.metric}'")
         if len(self.classes) != self.num_classes:

@@ -26,9 +26,7 @@ class DemoBackend(Backend):
         cfg = load_config(folder)
         model = TinyCLIP(cfg)
         model.load_state_dict(load_file(folder / "model.safetensors"))
-        self.model = model.eval()
-        self.weights_fingerprint
-        self.model.to(self.device)
+        self._adopt(model)
         self.tokenizer = Tokenizer(list(cfg.vocab), cfg.context_length)
         self.context_length = cfg.context_length
         self.preprocess = preprocess()

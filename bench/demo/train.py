@@ -60,7 +60,7 @@ def train(folder: Path, steps: int = 600, seed: int = 0) -> Path:
     model = TinyCLIP(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     log.info("training the demo model on %d digit images (%d steps)", len(idx), steps)
-    for step in range(steps):
+    for _ in range(steps):
         batch = torch.from_numpy(rng.choice(len(idx), 128, replace=False))
         img = F.normalize(model.encode_image(_augment(images[batch], rng)), dim=-1)
         loss = 0.0
