@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from bench.datasets.base import SplitData
 from bench.datasets.classes import class_order
-from bench.datasets.elevater import IMAGE_EXTS
+from bench.datasets.elevater import scan_classes
 from bench.datasets.registry import DatasetSpec, ad_hoc_spec
 from bench.errors import BenchError
 
@@ -39,20 +38,9 @@ def load_split(spec: DatasetSpec, folder: Path, split: str) -> SplitData:
         raise BenchError(f"{folder}: no '{split}' split (found: {', '.join(have) or 'none'})")
     dirs = class_dirs(split_dir)
     order = class_order(spec, [d.name for d in dirs], f"{split_dir} (class folders)")
-    paths: list[str] = []
-    targets: list[int] = []
     h = hashlib.sha256(f"folder|{spec.name}|{split}".encode())
-    for d, idx in sorted(zip(dirs, order), key=lambda x: x[1]):
-        files = sorted((e for e in os.scandir(d) if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTS),
-                       key=lambda e: e.name)
-        if not files:
-            raise BenchError(f"{d}: class folder '{d.name}' of {spec.name} has no images")
-        for e in files:
-            rel = f"{d.name}/{e.name}"
-            st = e.stat()
-            h.update(f"{rel}|{idx}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-            paths.append(rel)
-            targets.append(idx)
-    names = tuple(d.name for d, _ in sorted(zip(dirs, order), key=lambda x: x[1]))
+    ranked = sorted(zip(order, dirs))
+    paths, targets = scan_classes(spec, [(idx, d, repr(d.name)) for idx, d in ranked], h)
+    names = tuple(d.name for _, d in ranked)
     return SplitData(spec=spec, split=split, root=split_dir, paths=tuple(paths), targets=tuple(targets),
                      source="folder", class_names={"en": names}, fingerprint=h.hexdigest())

@@ -7,9 +7,9 @@ a clip-benchmark wds name is also found in the local Hugging Face cache.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from bench.datasets import elevater, imagefolder, wds
 from bench.datasets.base import SplitData
