@@ -149,6 +149,18 @@ def test_voc_single_label_variant_is_refused(tmp_path):
         sources.ref_for_path(tmp_path / "wds_voc2007")
 
 
+def test_multilabel_dataset_from_single_label_folders_is_refused(tmp_path):
+    spec = get_dataset("voc-2007")
+    for i in range(spec.num_classes):
+        d = tmp_path / "voc-2007-classification" / "test" / f"{i:02d}"
+        d.mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(d / "a.png")
+    ref = sources.locate(spec, tmp_path, use_hub_cache=False)
+    assert ref.source == "elevater"
+    with pytest.raises(BenchError, match="one label per image.*wds_voc2007_multilabel"):
+        load_data(ref, "test", None)
+
+
 def test_wds_wrong_classnames_fail_clearly(tmp_path):
     spec = get_dataset("cifar-10")
     folder = write_wds(tmp_path / "wds_vtab-cifar10", list(spec.classes[:9]) + ["plane"], [0, 1])

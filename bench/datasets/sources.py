@@ -108,4 +108,12 @@ def ref_for_path(path: Path) -> DatasetRef:
 
 
 def load(ref: DatasetRef, split: str) -> SplitData:
-    return SOURCES[ref.source].load(ref.spec, ref.folder, split)
+    """One split of `ref`; a multi-label dataset must come with multi-label targets."""
+    data = SOURCES[ref.source].load(ref.spec, ref.folder, split)
+    if ref.spec.multilabel and any(isinstance(t, int) for t in data.targets):
+        # one folder per image cannot say that an image holds several classes: scoring its single
+        # labels with mAP would be a different task under the official metric's name
+        raise BenchError(f"{ref.folder}: {ref.spec.name} is multi-label ({ref.spec.metric} over all labels of "
+                         f"each image), but the {ref.source} source gives one label per image; use a multi-label "
+                         f"source ({ref.spec.sources.get('wds', 'wds')} webdataset)")
+    return data
