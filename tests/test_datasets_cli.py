@@ -25,7 +25,7 @@ def test_list_json_has_all_twenty(bench_cli, tmp_path):
 
 def test_list_shows_found_source(bench_cli, digits_root):
     code, out, _ = bench_cli("datasets", "list", "--data-root", digits_root)
-    line = next(l for l in out.splitlines() if l.startswith("digits"))
+    line = next(row for row in out.splitlines() if row.startswith("digits"))
     assert code == 0 and "elevater:" in line
 
 

@@ -30,7 +30,7 @@ class SplitData:
     # inside archives (webdataset tar shards); empty when every path is an image file of its own.
     spans: tuple = ()
 
-    def images(self, transform, indices: list[int] | None = None) -> "ImageFiles":
+    def images(self, transform, indices: list[int] | None = None) -> ImageFiles:
         """A lazy torch Dataset over this split's images (decoded in DataLoader workers)."""
         return ImageFiles(self.root, self.paths, transform, indices, self.spans)
 
