@@ -267,3 +267,18 @@ def test_multilabel_run_writes_map(tmp_path, digits_root, cache_dir, bench_cli, 
     assert result["metric"] == "11point_mAP" and result["source"] == "wds"
     assert result["metrics"]["primary"] == result["metrics"]["11point_mAP"]
     assert 0.2 < result["metrics"]["primary"] <= 1.0
+
+
+def test_all_finds_each_source_and_lists_the_rest(tmp_path):
+    write_wds(tmp_path / "wds_vtab-cifar10", list(get_dataset("cifar-10").classes), [0])
+    for name in KITTI_SENTENCES:
+        d = tmp_path / "kitti" / "test" / name.rstrip(".")
+        d.mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(d / "a.png")
+    refs, missing = resolve_datasets(["all"], tmp_path)
+    assert {(r.spec.name, r.source) for r in refs} >= {("cifar-10", "wds"), ("kitti-distance", "folder")}
+    assert any(m.startswith("food-101: not found") and "bench datasets prepare food-101" in m for m in missing)
+    kitti = next(r for r in refs if r.spec.name == "kitti-distance")
+    data = load_data(kitti, "test", None)
+    assert [p.split("/")[0] for p in data.paths] == [s.rstrip(".") for s in KITTI_SENTENCES]
+    assert data.targets == (0, 1, 2, 3)
