@@ -15,7 +15,9 @@ from bench.paths import default_cache_dir, default_data_root
 log = logging.getLogger("bench")
 
 # Feature modules that add their own subcommands: each has `register_cli(subparsers)`.
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = (
+    "bench.datasets.commands",
+)
 
 RUN_EPILOG = """examples:
   bench run --model demo --dataset digits
@@ -69,17 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     ml = msub.add_parser("list", help="list registered models")
     ml.add_argument("--json", action="store_true")
     ml.set_defaults(func=cmd_models_list)
-
-    datasets = sub.add_parser("datasets", help="the dataset registry")
-    dsub = datasets.add_subparsers(dest="action", required=True)
-    dl = dsub.add_parser("list", help="list registered datasets")
-    dl.add_argument("--json", action="store_true")
-    _add_common_data(dl)
-    dl.set_defaults(func=cmd_datasets_list)
-    dp = dsub.add_parser("prepare", help="put a dataset under the data root")
-    dp.add_argument("name")
-    _add_common_data(dp)
-    dp.set_defaults(func=cmd_datasets_prepare)
 
     report = sub.add_parser("report", help="HTML + Markdown report from result JSON")
     report.add_argument("runs", nargs="*", type=Path, default=[Path("results/runs")])
@@ -147,41 +138,6 @@ def cmd_models_list(args) -> int:
         weights = f"{m.model}" + (f" ({m.pretrained})" if m.pretrained else "")
         print(f"{m.name:22} {m.backend:13} {m.language}  {weights}" + (f"  [alias: {alias}]" if alias else ""))
     return 0
-
-
-def cmd_datasets_list(args) -> int:
-    from bench.datasets import elevater
-    from bench.datasets.registry import list_datasets
-
-    root = args.data_root or default_data_root()
-    specs = list_datasets()
-    rows = [{"name": s.name, "classes": s.num_classes, "metric": s.metric, "test": s.splits.get("test"),
-             "optional": s.optional, "demo": s.demo,
-             "present": elevater.find_folder(s, root) is not None} for s in specs]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'name':20} {'classes':>7}  {'metric':15} {'test':>6}  under {root}")
-    for r in rows:
-        tag = " (optional)" if r["optional"] else " (demo)" if r["demo"] else ""
-        print(f"{r['name']:20} {r['classes']:>7}  {r['metric']:15} {r['test'] or '':>6}  "
-              f"{'yes' if r['present'] else '—'}{tag}")
-    return 0
-
-
-def cmd_datasets_prepare(args) -> int:
-    from bench.datasets.registry import get_dataset
-    from bench.runner import GENERATORS
-
-    spec = get_dataset(args.name)
-    root = args.data_root or default_data_root()
-    gen = spec.sources.get("generated")
-    if gen in GENERATORS:
-        folder = GENERATORS[gen](root / spec.folder_names[0])
-        print(f"{spec.name}: ready in {folder}")
-        return 0
-    raise BenchError(f"{spec.name}: automatic download is not available; put Chinese CLIP's ELEVATER archive "
-                     f"folder '{spec.folder_names[0]}' under {root} (layout: {spec.folder_names[0]}/test/<class id>/<image>)")
 
 
 def cmd_report(args) -> int:

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from bench.backends.base import Backend
 from bench.cache import FeatureCache, TextCache, content_key
-from bench.datasets.base import ImageFiles, SplitData, collate
+from bench.datasets.base import SplitData, collate
 from bench.errors import BenchError
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, ba
         todo = [i for s in missing for i in range(s * size, min(n, (s + 1) * size))]
         workers = default_workers() if workers is None else workers
         loader = torch.utils.data.DataLoader(
-            ImageFiles(data.root, data.paths, backend.preprocess, todo), batch_size=batch_size,
+            data.images(backend.preprocess, todo), batch_size=batch_size,
             num_workers=workers, collate_fn=collate, pin_memory=backend.device.type == "cuda",
             persistent_workers=False, prefetch_factor=4 if workers else None)
         buffers: dict[int, dict] = {}

@@ -19,10 +19,11 @@ from bench import __version__
 from bench.backends import load_backend
 from bench.backends.base import Backend
 from bench.cache import FeatureCache, TextCache, atomic_write_bytes, atomic_write_json, check_writable
-from bench.datasets import elevater
+from bench.datasets import sources
 from bench.datasets.base import SplitData, stratified_limit
 from bench.datasets.digits import prepare_digits
 from bench.datasets.registry import DatasetSpec, get_dataset, list_datasets
+from bench.datasets.sources import DatasetRef
 from bench.errors import BenchError
 from bench.features import image_features, text_embeddings
 from bench.labels import Labels, resolve_labels
@@ -55,52 +56,50 @@ class RunOptions:
     progress: bool = True
 
 
-@dataclass(frozen=True)
-class DatasetRef:
-    spec: DatasetSpec
-    folder: Path
-
-
 def prepare_command(spec: DatasetSpec) -> str:
     return f"bench datasets prepare {spec.name} --data-root DIR"
 
 
+def _missing(spec: DatasetSpec, data_root: Path) -> str:
+    return (f"dataset {spec.name} not found under {data_root} (looked for "
+            f"{', '.join(sources.folder_names(spec))}); run `{prepare_command(spec)}`")
+
+
 def resolve_datasets(names: list[str], data_root: Path) -> tuple[list[DatasetRef], list[str]]:
-    """Dataset folders to run, and a note per `all` member that is not under `data_root`."""
+    """Datasets to run (folder + source), and a note per `all` member that is not under `data_root`."""
     refs: list[DatasetRef] = []
     missing: list[str] = []
     for name in names:
         path = Path(name)
         if name == "all":
             for spec in list_datasets(include_optional=False, include_demo=False):
-                folder = elevater.find_folder(spec, data_root)
-                if folder is None:
+                ref = sources.locate(spec, data_root)
+                if ref is None:
                     missing.append(f"{spec.name}: not found under {data_root} (run `{prepare_command(spec)}`)")
                 else:
-                    refs.append(DatasetRef(spec, folder))
+                    refs.append(ref)
             continue
-        if path.is_dir() and ("/" in name or elevater.is_dataset_folder(path)):
-            if not elevater.is_dataset_folder(path):
-                raise BenchError(f"{path}: not a dataset folder (expected {path}/test/<class id>/<image>)")
-            refs.append(DatasetRef(elevater.spec_for_folder(path), path))
+        sources.check_not_rejected(name)
+        if path.is_dir() and ("/" in name or sources.detect(path) is not None):
+            refs.append(sources.ref_for_path(path))
             continue
         spec = get_dataset(name)
-        folder = elevater.find_folder(spec, data_root)
-        if folder is None and spec.sources.get("generated") in GENERATORS:
+        ref = sources.locate(spec, data_root)
+        if ref is None and spec.sources.get("generated") in GENERATORS:
             folder = GENERATORS[spec.sources["generated"]](data_root / spec.folder_names[0])
-        if folder is None:
+            ref = DatasetRef(spec, folder, "elevater")
+        if ref is None:
             if not data_root.exists():
                 raise BenchError(f"data root {data_root} does not exist; pass --data-root DIR or set BENCH_DATA")
-            raise BenchError(f"dataset {spec.name} not found under {data_root} (looked for "
-                             f"{', '.join(spec.folder_names)}); run `{prepare_command(spec)}`")
-        refs.append(DatasetRef(spec, folder))
+            raise BenchError(_missing(spec, data_root))
+        refs.append(ref)
     seen = set()
     unique = [r for r in refs if not (r.folder.resolve() in seen or seen.add(r.folder.resolve()))]
     return unique, missing
 
 
 def load_data(ref: DatasetRef, split: str, limit: int | None) -> SplitData:
-    data = elevater.load_split(ref.spec, ref.folder, split)
+    data = sources.load(ref, split)
     if limit is not None and limit < len(data):
         data = data.subset(stratified_limit(data.targets, limit))
     return data

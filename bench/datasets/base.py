@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,13 @@ class SplitData:
     source: str
     class_names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # the source's own labels
     fingerprint: str = ""
+    # Per sample (archive path relative to root, byte offset, byte size) for sources that keep images
+    # inside archives (webdataset tar shards); empty when every path is an image file of its own.
+    spans: tuple = ()
+
+    def images(self, transform, indices: list[int] | None = None) -> ImageFiles:
+        """A lazy torch Dataset over this split's images (decoded in DataLoader workers)."""
+        return ImageFiles(self.root, self.paths, transform, indices, self.spans)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -33,7 +41,8 @@ class SplitData:
         paths = tuple(self.paths[i] for i in indices)
         targets = tuple(self.targets[i] for i in indices)
         fp = hashlib.sha256(json.dumps([self.fingerprint, list(indices)]).encode()).hexdigest()
-        return SplitData(self.spec, self.split, self.root, paths, targets, self.source, self.class_names, fp)
+        spans = tuple(self.spans[i] for i in indices) if self.spans else ()
+        return SplitData(self.spec, self.split, self.root, paths, targets, self.source, self.class_names, fp, spans)
 
 
 def stratified_limit(targets: tuple, limit: int) -> list[int]:
@@ -54,13 +63,19 @@ def stratified_limit(targets: tuple, limit: int) -> list[int]:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Opens images lazily (in DataLoader workers); a failure is returned, not raised, with the path."""
+    """Opens images lazily (in DataLoader workers); a failure is returned, not raised, with the path.
 
-    def __init__(self, root: Path, paths: tuple[str, ...], transform, indices: list[int] | None = None):
+    With `spans`, sample i is the byte range (offset, size) of archive `spans[i][0]` under `root`: only
+    that member is read, so a 200k-image tar-sharded set is never held in memory.
+    """
+
+    def __init__(self, root: Path, paths: tuple[str, ...], transform, indices: list[int] | None = None,
+                 spans: tuple = ()):
         self.root = Path(root)
         self.paths = paths
         self.transform = transform
         self.indices = list(range(len(paths))) if indices is None else list(indices)
+        self.spans = spans
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -69,11 +84,22 @@ class ImageFiles(torch.utils.data.Dataset):
         i = self.indices[k]
         path = self.root / self.paths[i]
         try:
-            with Image.open(path) as img:
+            with self._open(i) as img:
                 img.load()
                 return self.transform(img), i, ""
         except Exception as exc:  # noqa: BLE001 - any decoder failure is reported with its path
             return None, i, f"{path}: {type(exc).__name__}: {exc}"
+
+    def _open(self, i: int) -> Image.Image:
+        if not self.spans:
+            return Image.open(self.root / self.paths[i])
+        archive, offset, size = self.spans[i]
+        with open(self.root / archive, "rb") as f:
+            f.seek(offset)
+            raw = f.read(size)
+        if len(raw) != size:
+            raise OSError(f"archive truncated: wanted {size} bytes at offset {offset}, got {len(raw)}")
+        return Image.open(io.BytesIO(raw))
 
 
 def collate(items):

@@ -80,20 +80,8 @@ def load_split(spec: DatasetSpec, folder: Path, split: str) -> SplitData:
             parts.append(f"unexpected class folder(s) {_ids(extra)}")
         raise BenchError(f"{split_dir}: {spec.name} has {spec.num_classes} classes but found "
                          f"{len(class_dirs)} class folders: {'; '.join(parts)}")
-    paths: list[str] = []
-    targets: list[int] = []
     h = hashlib.sha256(f"{spec.name}|{split}|{spec.num_classes}".encode())
-    for idx in sorted(class_dirs):
-        files = sorted((e for e in os.scandir(class_dirs[idx])
-                        if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTS), key=lambda e: e.name)
-        if not files:
-            raise BenchError(f"{class_dirs[idx]}: class folder {idx} of {spec.name} has no images")
-        for e in files:
-            rel = f"{class_dirs[idx].name}/{e.name}"
-            st = e.stat()
-            h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-            paths.append(rel)
-            targets.append(idx)
+    paths, targets = scan_classes(spec, [(idx, class_dirs[idx], str(idx)) for idx in sorted(class_dirs)], h)
     class_names = {}
     for lang, fname in LABEL_FILES.items():
         if (folder / fname).is_file():
@@ -101,6 +89,25 @@ def load_split(spec: DatasetSpec, folder: Path, split: str) -> SplitData:
             h.update(f"{lang}:{'|'.join(class_names[lang])}".encode())
     return SplitData(spec=spec, split=split, root=split_dir, paths=tuple(paths), targets=tuple(targets),
                      source="elevater", class_names=class_names, fingerprint=h.hexdigest())
+
+
+def scan_classes(spec: DatasetSpec, classes: list[tuple[int, Path, str]], h) -> tuple[list[str], list[int]]:
+    """Image files of (class index, folder, label for errors) in that order, as paths relative to the
+    split folder and targets; every file's name, size and mtime go into the fingerprint hash `h`."""
+    paths: list[str] = []
+    targets: list[int] = []
+    for idx, folder, label in classes:
+        files = sorted((e for e in os.scandir(folder)
+                        if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTS), key=lambda e: e.name)
+        if not files:
+            raise BenchError(f"{folder}: class folder {label} of {spec.name} has no images")
+        for e in files:
+            rel = f"{folder.name}/{e.name}"
+            st = e.stat()
+            h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            paths.append(rel)
+            targets.append(idx)
+    return paths, targets
 
 
 def _ids(ids: list[int]) -> str:

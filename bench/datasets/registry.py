@@ -30,6 +30,9 @@ class DatasetSpec:
     demo: bool = False  # generated locally for the offline demo; not part of `--dataset all`
     splits: dict[str, int] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    # Names a source uses for a class where they differ from ours (source name -> canonical name);
+    # sources are matched onto `classes` by normalised name, so only real differences go here.
+    class_map: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 
     def validate(self, where: str) -> DatasetSpec:
@@ -39,6 +42,9 @@ class DatasetSpec:
             raise BenchError(f"{where}: {len(self.classes)} classes listed, num_classes says {self.num_classes}")
         if len(set(self.classes)) != len(self.classes):
             raise BenchError(f"{where}: duplicate class names")
+        bad = sorted(v for v in self.class_map.values() if v not in self.classes)
+        if bad:
+            raise BenchError(f"{where}: class_map maps to name(s) not in classes: {', '.join(bad[:5])}")
         return self
 
     @property
