@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from report_helpers import NASTY, full_runs, write, zeroshot
 
 from bench.errors import BenchError
 from bench.report import build_report, load_results, md_escape
 from bench.report.charts import family, model_colours
 from bench.report.published import FLAG_POINTS, compare, load_published
 from bench.report.sections import MISSING, build_sections, zeroshot_matrix
-from report_helpers import NASTY, full_runs, write, zeroshot
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -261,13 +261,13 @@ def test_family_colours():
 def test_cli_report(bench_cli, tmp_path):
     runs = tmp_path / "runs"
     zeroshot(runs, "demo", "digits", 0.8)
-    code, out, err = bench_cli("report", runs, "--out", tmp_path / "out", "--format", "md")
+    code, _, err = bench_cli("report", runs, "--out", tmp_path / "out", "--format", "md")
     assert code == 0, err
     assert (tmp_path / "out" / "report.md").exists() and not (tmp_path / "out" / "report.html").exists()
-    code, out, err = bench_cli("report", tmp_path / "nope", "--out", tmp_path / "out")
+    code, _, err = bench_cli("report", tmp_path / "nope", "--out", tmp_path / "out")
     assert code == 2 and err.startswith("error: ") and "nope" in err and len(err.strip().splitlines()) == 1
     (tmp_path / "empty").mkdir()
-    code, out, err = bench_cli("report", tmp_path / "empty", "--out", tmp_path / "out")
+    code, _, err = bench_cli("report", tmp_path / "empty", "--out", tmp_path / "out")
     assert code == 2 and "no result JSON" in err
 
 
@@ -280,5 +280,5 @@ def test_report_from_a_real_demo_run(bench_cli, cache_dir, digits_root, tmp_path
     result = json.loads((tmp_path / "runs" / "demo" / "digits" / "zeroshot.json").read_text(encoding="utf-8"))
     rows = parse(tmp_path / "out" / "report.html").tables["matrix"]
     assert rows[1][0] == "demo" and rows[1][1] == f"{100 * result['metrics']['primary']:.1f}"
-    summary = dict((r[0], r[1]) for r in parse(tmp_path / "out" / "report.html").tables["summary"])
+    summary = {r[0]: r[1] for r in parse(tmp_path / "out" / "report.html").tables["summary"]}
     assert result["manifest"]["versions"]["torch"] in summary["versions"]

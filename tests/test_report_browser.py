@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from report_helpers import NASTY, full_runs
 
 from bench.report import build_report
 from bench.report.published import load_published
-from report_helpers import NASTY, full_runs
 
 REPO = Path(__file__).resolve().parents[1]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -33,7 +33,7 @@ def chromium() -> str:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         log = []
         for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+            proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=1200)
             log.append(proc.stderr[-500:])
             if proc.returncode:
                 break
@@ -104,6 +104,8 @@ def test_report_dom_tables_and_charts(page):
     widths = page.eval_on_selector_all("figure.chart img", "imgs => imgs.map(i => i.complete && i.naturalWidth)")
     assert all(w and w > 100 for w in widths)  # decoded, not broken images
     assert page.locator("#published sup.mark").count() > 0  # caveats beside their cells
+    ids = page.eval_on_selector_all("[id]", "els => els.map(e => e.id)")
+    assert len(ids) == len(set(ids))  # valid HTML: links and selectors are unambiguous
     assert page.seen["requests"] == [] and page.seen["console"] == [] and page.seen["dialogs"] == []
 
 
@@ -143,3 +145,12 @@ def test_screenshot_is_not_blank(page, tmp_path):
     # colour is present (chart bars, highlighted cells): a blank or grey page has none
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
     assert (np.abs(rgb[..., 0] - rgb[..., 2]) > 40).mean() > 0.001
+
+
+def test_print_layout(page):
+    page.emulate_media(media="print")
+    assert not page.locator("nav").is_visible()  # the table of contents is for screens
+    assert page.locator("#matrix").is_visible() and page.locator("figure.chart img").first.is_visible()
+    assert page.eval_on_selector("#matrix th", "th => getComputedStyle(th, '::after').content") in ('""', "none")
+    pdf = page.pdf(format="A4")
+    assert pdf.startswith(b"%PDF") and len(pdf) > 20_000
