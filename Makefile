@@ -11,6 +11,7 @@ MODELS  := $(if $(filter demo,$(MODEL)),demo demo-en $(filter-out demo,$(MODEL))
 DATASET ?= $(if $(filter demo,$(MODEL)),digits,all)
 RUNS    ?= results/runs
 REPORT  ?= results/report
+FORMAT  ?= both
 ARGS    ?=
 
 .PHONY: install test bench report perf lint clean
@@ -28,10 +29,10 @@ test: install
 
 bench: install
 	$(BIN)/bench run --model "$(MODELS)" --dataset $(DATASET) --out $(RUNS) $(ARGS)
-	$(BIN)/bench report $(RUNS) --out $(REPORT)
+	$(BIN)/bench report $(RUNS) --out $(REPORT) --format $(FORMAT)
 
 report: install
-	$(BIN)/bench report $(RUNS) --out $(REPORT)
+	$(BIN)/bench report $(RUNS) --out $(REPORT) --format $(FORMAT)
 
 perf: install
 	$(BIN)/python scripts/perf.py

@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="*", type=Path, default=[Path("results/runs")])
     report.add_argument("--out", type=Path, default=Path("results/report"))
     report.add_argument("--format", choices=["md", "html", "both"], default="both")
+    report.add_argument("--published", type=Path, default=None,
+                        help="folder of published reference CSVs (default: results/published in the repo)")
     report.set_defaults(func=cmd_report)
 
     import importlib
@@ -143,7 +145,7 @@ def cmd_models_list(args) -> int:
 def cmd_report(args) -> int:
     from bench.report import build_report
 
-    paths = build_report(args.runs, args.out, args.format)
+    paths = build_report(args.runs, args.out, args.format, published_dir=args.published)
     for p in paths:
         print(f"wrote {p}")
     return 0

@@ -1,82 +1,85 @@
-"""Reports read only result JSON: a model × dataset matrix in Markdown and self-contained HTML."""
+"""Reports read only result JSON: Markdown and one self-contained HTML file, from autoescaped jinja2 templates."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
-from dataclasses import dataclass
+import re
 from pathlib import Path
 
 import jinja2
 
 from bench.cache import atomic_write_bytes
 from bench.errors import BenchError
+from bench.report.published import Published, load_published
+from bench.report.sections import Figure, Matrix, build_sections, pct, zeroshot_matrix
+
+__all__ = ["FORMATS", "Matrix", "build_report", "load_results", "md_escape", "pct", "zeroshot_matrix"]
 
 log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+FORMATS = ("md", "html", "both")
+REQUIRED = ("model", "dataset", "task")
 
 
 def load_results(run_dirs: list[Path]) -> list[dict]:
-    """Every result JSON (files with model, dataset, task and metrics) under the given folders."""
+    """Every result JSON (a mapping with model, dataset and task) under the given folders."""
     results = []
-    for root in run_dirs:
-        if not Path(root).exists():
+    for root in map(Path, run_dirs):
+        if not root.exists():
             raise BenchError(f"{root}: no such results folder (run `bench run ... --out {root}` first)")
-        for path in sorted(Path(root).rglob("*.json")):
+        paths = [root] if root.is_file() else sorted(root.rglob("*.json"))
+        for path in paths:
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 log.warning("skipping unreadable %s (%s)", path, exc)
                 continue
-            if isinstance(data, dict) and {"model", "dataset", "task", "metrics"} <= set(data):
-                data["_path"] = str(path)
+            if isinstance(data, dict) and all(isinstance(data.get(k), str) for k in REQUIRED):
+                data["_file"] = str(path.relative_to(root)) if path != root else path.name
                 results.append(data)
     return results
 
 
-@dataclass(frozen=True)
-class Matrix:
-    models: list[str]
-    datasets: list[str]
-    cells: dict  # (model, dataset) -> result
-    means: dict  # model -> mean primary over datasets it has
-
-    def best(self, dataset: str) -> str | None:
-        vals = [(self.cells[(m, dataset)]["metrics"]["primary"], m) for m in self.models if (m, dataset) in self.cells]
-        return max(vals)[1] if vals else None
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
 
 
-def zeroshot_matrix(results: list[dict]) -> Matrix:
-    zs = [r for r in results if r["task"] == "zeroshot"]
-    models = list(dict.fromkeys(r["model"] for r in zs))
-    datasets = sorted(dict.fromkeys(r["dataset"] for r in zs))
-    cells = {(r["model"], r["dataset"]): r for r in zs}
-    means = {}
-    for m in models:
-        vals = [cells[(m, d)]["metrics"]["primary"] for d in datasets if (m, d) in cells]
-        means[m] = sum(vals) / len(vals) if vals else None
-    return Matrix(models, datasets, cells, means)
-
-
-def pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.1f}"
+def md_escape(value: object) -> str:
+    """Text that Markdown renders literally, on one table line: no tags, entities, emphasis or pipes."""
+    text = " ".join(str(value).split())
+    text = text.replace("&", "&amp;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
 
 
 def _env(autoescape: bool) -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=autoescape,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["pct"] = pct
-    env.filters["md"] = lambda s: str(s).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    env.filters["md"] = md_escape
+    env.filters["b64"] = lambda data: base64.b64encode(data).decode("ascii")
     return env
 
 
-def build_report(run_dirs: list[Path], out: Path, fmt: str = "both") -> list[Path]:
+def build_report(run_dirs: list[Path], out: Path, fmt: str = "both", published_dir: Path | None = None,
+                 published: Published | None = None) -> list[Path]:
+    """Write report.md (+ charts/*.png beside it) and/or report.html; returns the files written."""
+    if fmt not in FORMATS:
+        raise BenchError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     results = load_results(run_dirs)
     if not results:
-        raise BenchError(f"no result JSON found under {', '.join(map(str, run_dirs))}")
-    ctx = {"matrix": zeroshot_matrix(results), "results": results}
+        raise BenchError(f"no result JSON found under {', '.join(map(str, run_dirs))} "
+                         "(expected <model>/<dataset>/<task>.json files from `bench run`)")
+    if published is None:
+        published = load_published(published_dir)
+    sections = build_sections(results, published)
+    charts = [b.chart for s in sections for b in s.blocks if isinstance(b, Figure)]
+    ctx = {"sections": sections, "title": "bench report"}
+    out = Path(out)
     written = []
     if fmt in ("md", "both"):
+        for chart in charts:
+            atomic_write_bytes(out / "charts" / f"{chart.id}.png", chart.png)
+            written.append(out / "charts" / f"{chart.id}.png")
         text = _env(False).get_template("report.md.j2").render(**ctx)
         atomic_write_bytes(out / "report.md", text.encode("utf-8"))
         written.append(out / "report.md")

@@ -1,0 +1,522 @@
+"""Report content as plain data (sections of tables, charts and notes) built from result JSON only.
+
+Templates render these objects and nothing else, so both formats show the same numbers and a missing
+value is "—" everywhere. Result files written by features still in progress may lack keys: every
+lookup here tolerates that, and a section without data is not built at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.report import charts
+from bench.report.published import Caveat, Published, compare
+
+MISSING = "—"
+
+
+# ----------------------------------------------------------------------------- view objects
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    sort: float | str | None = None  # what the browser sorts by (numbers sort numerically)
+    classes: tuple[str, ...] = ()  # "best", "flag", "num"
+    marks: tuple[int, ...] = ()  # caveat note numbers shown next to the cell
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    id: str
+    headers: list[str]
+    rows: list[list[Cell]]
+    caption: str = ""
+    sortable: bool = True
+    kind: str = "table"
+
+
+@dataclass(frozen=True)
+class Figure:
+    chart: charts.Chart
+    caption: str = ""
+    kind: str = "chart"
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    intro: str = ""
+    blocks: list = field(default_factory=list)
+    notes: list[tuple[int, str]] = field(default_factory=list)
+
+
+class Notes:
+    """Numbers caveats in order of first use, so one caveat keeps one number across the report."""
+
+    def __init__(self) -> None:
+        self.numbers: dict[str, int] = {}
+        self.texts: dict[int, str] = {}
+
+    def mark(self, caveat: Caveat) -> int:
+        if caveat.id not in self.numbers:
+            n = len(self.numbers) + 1
+            self.numbers[caveat.id] = n
+            self.texts[n] = caveat.note
+        return self.numbers[caveat.id]
+
+    def listing(self, marks) -> list[tuple[int, str]]:
+        return [(n, self.texts[n]) for n in sorted(set(marks))]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def get(d: Any, *keys: Any, default: Any = None) -> Any:
+    """Nested lookup that returns `default` for any missing key, index or wrong type on the way."""
+    for k in keys:
+        try:
+            d = d[k]
+        except (KeyError, IndexError, TypeError):
+            return default
+    return default if d is None else d
+
+
+def num(x: Any) -> float | None:
+    try:
+        return None if x is None or isinstance(x, bool) else float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def pct(x: Any) -> str:
+    """A fraction as a percentage with one decimal, or "—"."""
+    v = num(x)
+    return MISSING if v is None else f"{100 * v:.1f}"
+
+
+def pct_cell(x: Any, classes: tuple[str, ...] = (), marks: tuple[int, ...] = ()) -> Cell:
+    v = num(x)
+    return Cell(pct(v), None if v is None else 100 * v, ("num", *classes), marks)
+
+
+def points_cell(x: Any, signed: bool = False, classes: tuple[str, ...] = ()) -> Cell:
+    v = num(x)
+    if v is None:
+        return Cell(MISSING, None, ("num", *classes))
+    return Cell(f"{v:+.1f}" if signed else f"{v:.1f}", v, ("num", *classes))
+
+
+def text_cell(x: Any) -> Cell:
+    if x is None or x == "":
+        return Cell(MISSING)
+    s = ", ".join(map(str, x)) if isinstance(x, (list, tuple)) else str(x)
+    return Cell(s, s)
+
+
+def int_cell(x: Any) -> Cell:
+    v = num(x)
+    return Cell(MISSING, None, ("num",)) if v is None else Cell(f"{int(v)}", v, ("num",))
+
+
+def elevater_datasets() -> tuple[str, ...]:
+    from bench.datasets.registry import list_datasets
+
+    return tuple(s.name for s in list_datasets(include_optional=False, include_demo=False))
+
+
+def by_task(results: list[dict], task: str) -> list[dict]:
+    return [r for r in results if r.get("task") == task]
+
+
+def row_labels(results: list[dict]) -> dict[int, str]:
+    """A row name per result: the model, plus language/prompts/labels when one model ran several ways."""
+    configs: dict[str, set] = {}
+    for r in results:
+        configs.setdefault(r["model"], set()).add((r.get("language"), r.get("prompts"), r.get("labels")))
+    out = {}
+    for r in results:
+        if len(configs[r["model"]]) > 1:
+            extra = ", ".join(str(x) for x in (r.get("language"), r.get("prompts"), r.get("labels")) if x)
+            out[id(r)] = f"{r['model']} ({extra})"
+        else:
+            out[id(r)] = r["model"]
+    return out
+
+
+# ----------------------------------------------------------------------------- the matrix
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """Zero-shot results as rows (models, or model + settings) × datasets."""
+
+    models: list[str]
+    datasets: list[str]
+    cells: dict  # (row, dataset) -> result
+    means: dict  # row -> mean primary over the datasets it has (fraction) or None
+    elevater_means: dict  # row -> (mean primary over ELEVATER datasets or None, count)
+    elevater: tuple[str, ...] = ()
+
+    def primary(self, model: str, dataset: str) -> float | None:
+        return num(get(self.cells.get((model, dataset)), "metrics", "primary"))
+
+    def best(self, dataset: str) -> set[str]:
+        """Rows with the highest primary metric on a dataset (all of them on a tie)."""
+        vals = {m: self.primary(m, dataset) for m in self.models}
+        vals = {m: v for m, v in vals.items() if v is not None}
+        if not vals:
+            return set()
+        top = max(vals.values())
+        return {m for m, v in vals.items() if v == top}
+
+
+def _mean(vals: list[float]) -> float | None:
+    return sum(vals) / len(vals) if vals else None
+
+
+def zeroshot_matrix(results: list[dict], elevater: tuple[str, ...] | None = None) -> Matrix:
+    """The model × dataset matrix of zero-shot results (later files win on duplicates)."""
+    zs = by_task(results, "zeroshot")
+    elevater = elevater_datasets() if elevater is None else elevater
+    labels = row_labels(zs)
+    models = list(dict.fromkeys(labels[id(r)] for r in zs))
+    order = {d: i for i, d in enumerate(elevater)}
+    datasets = sorted(dict.fromkeys(r["dataset"] for r in zs), key=lambda d: (d not in order, order.get(d, 0), d))
+    cells = {(labels[id(r)], r["dataset"]): r for r in zs}
+    matrix = Matrix(models, datasets, cells, {}, {}, elevater)
+    for m in models:
+        vals = {d: matrix.primary(m, d) for d in datasets}
+        matrix.means[m] = _mean([v for v in vals.values() if v is not None])
+        ev = [v for d, v in vals.items() if v is not None and d in elevater]
+        matrix.elevater_means[m] = (_mean(ev), len(ev))
+    return matrix
+
+
+def matrix_section(matrix: Matrix, published: Published, notes: Notes) -> Section | None:
+    if not matrix.cells:
+        return None
+    has_elevater = any(d in matrix.elevater for d in matrix.datasets)
+    has_other = any(d not in matrix.elevater for d in matrix.datasets)
+    headers = ["model", *matrix.datasets]
+    if has_elevater:
+        headers.append(f"ELEVATER mean (of {len(matrix.elevater)})")
+    if has_other or not has_elevater:
+        headers.append("mean (all shown)")
+    rows, used = [], []
+    for m in matrix.models:
+        row = [text_cell(m)]
+        for d in matrix.datasets:
+            r = matrix.cells.get((m, d))
+            if r is None:
+                row.append(Cell(MISSING, None, ("num", "missing")))
+                continue
+            marks = tuple(notes.mark(c) for ref in published.lookup(r["model"], d) for c in ref.caveats if c.datasets)
+            used += marks
+            p, t = num(get(r, "metrics", "primary")), num(get(r, "metrics", "top1"))
+            text = pct(p) if r.get("metric") in (None, "accuracy") else f"{pct(p)} ({pct(t)})"
+            row.append(Cell(text, None if p is None else 100 * p,
+                            ("num", *(("best",) if m in matrix.best(d) else ())), tuple(dict.fromkeys(marks)),
+                            f"{r.get('metric', 'primary')} {pct(p)}, top-1 {pct(t)}, n={r.get('n_samples', '?')}"))
+        if has_elevater:
+            mean, n = matrix.elevater_means[m]
+            cell = pct_cell(mean)
+            row.append(Cell(f"{cell.text} ({n})" if mean is not None else MISSING, cell.sort, cell.classes))
+        if has_other or not has_elevater:
+            row.append(pct_cell(matrix.means[m]))
+        rows.append(row)
+    metrics = sorted({f"{d}: {matrix.cells[k].get('metric')}" for k in matrix.cells for d in [k[1]]
+                      if matrix.cells[k].get("metric") not in (None, "accuracy")})
+    intro = ("Primary metric in %; where it is not accuracy, top-1 follows in parentheses "
+             f"({'; '.join(metrics)}). " if metrics else "Accuracy in %. ")
+    intro += "Best per dataset in bold. ELEVATER mean: mean over the ELEVATER datasets a row has (count in parentheses)."
+    sec = Section("matrix", "Zero-shot results", intro, [Table("matrix", headers, rows)])
+    sec.notes = notes.listing(used)
+    return sec
+
+
+# ----------------------------------------------------------------------------- published references
+
+
+def published_section(results: list[dict], published: Published, notes: Notes) -> Section | None:
+    rows, used = [], []
+    for r in by_task(results, "zeroshot"):
+        for ref in published.lookup(r["model"], r["dataset"]):
+            c = compare(r, ref)
+            marks = tuple(notes.mark(cav) for cav in ref.caveats)
+            used += marks
+            flagged = ("flag",) if c.flags else ()
+            delta = points_cell(c.delta, signed=True, classes=flagged)
+            if c.delta is None and "not comparable" in c.flags:
+                delta = Cell("n/a", None, ("num", "flag"), title="different task: no delta")
+            rows.append([text_cell(r["model"]), text_cell(r["dataset"]), text_cell(ref.file), text_cell(ref.metric),
+                         points_cell(ref.value), points_cell(c.ours) if c.delta is not None or c.ours is not None
+                         else Cell("n/a" if "not comparable" in c.flags else MISSING, None, ("num",)), delta,
+                         Cell(", ".join(c.flags) or MISSING, ", ".join(c.flags), flagged, marks),
+                         Cell(ref.source, ref.source)])
+    if not rows:
+        return None
+    sec = Section("published", "Against published numbers",
+                  "Our number in the published metric (in %) next to the published one; Δ = ours − published, "
+                  "in points, flagged when |Δ| exceeds 2 points or the numbers are not like-for-like.",
+                  [Table("published", ["model", "dataset", "source file", "metric", "published", "ours", "Δ",
+                                       "flags", "source"], rows)])
+    sec.notes = notes.listing(used)
+    return sec
+
+
+def side_by_side_section(matrix: Matrix) -> Section | None:
+    shared = [d for d in matrix.datasets if sum((m, d) in matrix.cells for m in matrix.models) >= 2]
+    if len(matrix.models) < 2 or not shared:
+        return None
+    series = {m: [None if matrix.primary(m, d) is None else 100 * matrix.primary(m, d) for d in shared]
+              for m in matrix.models}
+    fams = sorted({charts.family(m) for m in matrix.models})
+    chart = charts.grouped_bars("side-by-side", "Primary metric per dataset", shared, series,
+                                charts.model_colours(matrix.models), "primary metric (%)")
+    return Section("side-by-side", "Models side by side",
+                   f"Families: {', '.join(fams)} (one colour per family, lighter shades for further models).",
+                   [Figure(chart)])
+
+
+# ----------------------------------------------------------------------------- studies
+
+
+def prompts_section(results: list[dict]) -> Section | None:
+    studies = by_task(results, "study-prompts")
+    if not studies:
+        return None
+    rows, boxes = [], []
+    for s in studies:
+        vals = [100 * v for v in (num(get(t, "primary")) for t in get(s, "templates", default=[])) if v is not None]
+        summary = get(s, "summary", default={})
+        ens = num(get(s, "ensemble", "primary"))
+        if vals:
+            boxes.append((f"{s['model']} · {s['dataset']}", vals, None if ens is None else 100 * ens, s["model"]))
+        rows.append([text_cell(s["model"]), text_cell(s["dataset"]), text_cell(get(s, "prompts")),
+                     int_cell(get(s, "n_templates", default=len(vals) or None)),
+                     pct_cell(get(summary, "min")), pct_cell(get(summary, "median")), pct_cell(get(summary, "max")),
+                     points_cell(None if num(get(summary, "std")) is None else 100 * num(get(summary, "std"))),
+                     pct_cell(ens), text_cell(get(s, "best", "template")), text_cell(get(s, "worst", "template")),
+                     pct_cell(get(s, "greedy", "test_primary")),
+                     text_cell(" | ".join(map(str, get(s, "greedy", "selected", default=[]))))])
+    blocks: list = []
+    if boxes:
+        models = list(dict.fromkeys(b[3] for b in boxes))
+        blocks.append(Figure(charts.boxes("prompt-sensitivity", "Primary metric per single template", boxes,
+                                          charts.model_colours(models), "primary metric (%)")))
+    blocks.append(Table("prompt-sensitivity", ["model", "dataset", "prompt set", "templates", "min", "median", "max",
+                                               "std (pts)", "ensemble", "best template", "worst template",
+                                               "greedy (test)", "greedy selection"], rows))
+    return Section("prompts", "Prompt sensitivity",
+                   "Each box: the primary metric (%) of every single template of the set; diamond: all templates "
+                   "ensembled. Greedy: templates added while the validation score improved, scored on test.", blocks)
+
+
+def sets_section(results: list[dict]) -> Section | None:
+    studies = by_task(results, "study-sets")
+    rows = []
+    for s in studies:
+        entries = list(get(s, "sets", default=[]))
+        if get(s, "union"):
+            entries.append({"name": "union of all sets", **s["union"]})
+        best = max((num(get(e, "primary")) or -1 for e in entries), default=None)
+        for e in entries:
+            p = num(get(e, "primary"))
+            rows.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(e, "name")),
+                         int_cell(get(e, "n_templates")),
+                         pct_cell(p, ("best",) if p is not None and p == best else ()), pct_cell(get(e, "top1"))])
+    if not rows:
+        return None
+    return Section("prompt-sets", "Prompt sets compared", "Primary metric and top-1 (%) per prompt set; best in bold.",
+                   [Table("prompt-sets", ["model", "dataset", "prompt set", "templates", "primary", "top-1"], rows)])
+
+
+def negation_section(results: list[dict]) -> Section | None:
+    studies = by_task(results, "study-negation")
+    variants, recalls, probe = [], [], []
+    for s in studies:
+        for v in get(s, "variants", default=[]):
+            labels = get(v, "labels", default=[])
+            variants.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(v, "name")),
+                             text_cell(labels), pct_cell(get(v, "primary")), pct_cell(get(v, "top1"))])
+            for i, rec in enumerate(get(v, "per_class_recall", default=[])):
+                recalls.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(v, "name")),
+                                int_cell(i), text_cell(get(labels, i)), pct_cell(rec)])
+        for c in get(s, "probe", "classes", default=[]):
+            probe.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(c, "class")),
+                          pct_cell(get(c, "negation_rate"))])
+        if get(s, "probe", "overall_rate") is not None:
+            probe.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell("(overall)"),
+                          pct_cell(get(s, "probe", "overall_rate"))])
+    if not variants and not probe:
+        return None
+    blocks = []
+    if variants:
+        blocks.append(Table("negation", ["model", "dataset", "variant", "labels", "primary", "top-1"], variants))
+    if recalls:
+        blocks.append(Table("negation-recall", ["model", "dataset", "variant", "class", "label", "recall"], recalls,
+                            caption="Per-class recall (%) under each label variant"))
+    if probe:
+        blocks.append(Table("negation-probe", ["model", "dataset", "class", "negation rate"], probe,
+                            caption="Negation probe: how often a negated label is preferred for images of its class"))
+    return Section("negation", "Negation", "Label variants that do or do not negate a class "
+                   "(e.g. 没有汽车 “no car” vs 其它 “other” on KITTI).", blocks)
+
+
+def labels_section(results: list[dict]) -> Section | None:
+    studies = by_task(results, "study-labels")
+    summary, movers = [], []
+    for s in studies:
+        summary.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(s, "baseline")),
+                        text_cell(get(s, "variant")), pct_cell(get(s, "primary", "baseline")),
+                        pct_cell(get(s, "primary", "variant")),
+                        points_cell(None if num(get(s, "primary", "delta")) is None
+                                    else 100 * num(get(s, "primary", "delta")), signed=True)])
+        per_class = get(s, "top_movers") or sorted(get(s, "per_class", default=[]),
+                                                   key=lambda c: -abs(num(get(c, "delta")) or 0))[:20]
+        for c in per_class:
+            if not isinstance(c, dict):
+                continue
+            d = num(get(c, "delta"))
+            movers.append([text_cell(s.get("model")), text_cell(s.get("dataset")), int_cell(get(c, "index")),
+                           text_cell(get(c, "class")), pct_cell(get(c, "baseline")), pct_cell(get(c, "variant")),
+                           points_cell(None if d is None else 100 * d, signed=True)])
+    if not summary:
+        return None
+    blocks = [Table("label-variants", ["model", "dataset", "baseline labels", "variant", "baseline", "variant score",
+                                       "Δ (pts)"], summary)]
+    if movers:
+        blocks.append(Table("label-movers", ["model", "dataset", "index", "class", "baseline", "variant", "Δ (pts)"],
+                            movers, caption="Classes whose recall moved most (%)"))
+    return Section("labels", "Label variants", "Primary metric (%) with the baseline labels and with the variant.",
+                   blocks)
+
+
+def probe_section(results: list[dict], matrix: Matrix) -> Section | None:
+    probes = by_task(results, "linear_probe")
+    if not probes:
+        return None
+    zs = {(r["model"], r["dataset"]): r for r in by_task(results, "zeroshot")}
+    rows = []
+    datasets = list(dict.fromkeys(p["dataset"] for p in probes))
+    models = list(dict.fromkeys(p["model"] for p in probes))
+    series: dict[str, list] = {}
+    colours, hatches = {}, {}
+    base = charts.model_colours(models)
+    for m in models:
+        for kind in ("zero-shot", "linear probe"):
+            name = f"{m} {kind}"
+            colours[name] = base[m]
+            hatches[name] = "//" if kind == "linear probe" else None
+            series[name] = [None] * len(datasets)
+    for p in probes:
+        z = zs.get((p["model"], p["dataset"]))
+        zp, lp = num(get(z, "metrics", "primary")), num(get(p, "metrics", "primary"))
+        i = datasets.index(p["dataset"])
+        series[f"{p['model']} zero-shot"][i] = None if zp is None else 100 * zp
+        series[f"{p['model']} linear probe"][i] = None if lp is None else 100 * lp
+        reg = get(p, "regularization")
+        reg_text = ", ".join(f"{k}={v}" for k, v in reg.items()) if isinstance(reg, dict) else reg
+        few = "; ".join(f"{get(f, 'k')}-shot {pct(get(f, 'mean'))}±{pct(get(f, 'std'))}"
+                        for f in get(p, "few_shot", default=[]) if isinstance(f, dict))
+        rows.append([text_cell(p["model"]), text_cell(p["dataset"]), pct_cell(zp), pct_cell(lp),
+                     points_cell(None if zp is None or lp is None else 100 * (lp - zp), signed=True),
+                     text_cell(get(p, "implementation")), text_cell(reg_text), int_cell(get(p, "n_train")),
+                     int_cell(get(p, "n_val")), text_cell(few)])
+    series = {k: v for k, v in series.items() if any(x is not None for x in v)}
+    chart = charts.grouped_bars("probe-vs-zeroshot", "Linear probe vs zero-shot (primary metric)", datasets, series,
+                                colours, "primary metric (%)", hatches)
+    return Section("linear-probe", "Linear probe vs zero-shot",
+                   "Primary metric (%) of a logistic-regression probe on frozen image features (regularisation "
+                   "chosen on a validation split, never on test) against zero-shot; hatched bars: probe.",
+                   [Figure(chart), Table("linear-probe", ["model", "dataset", "zero-shot", "linear probe", "gain (pts)",
+                                                          "implementation", "regularisation", "train", "val",
+                                                          "few-shot"], rows)])
+
+
+# ----------------------------------------------------------------------------- summary and manifest
+
+
+def _values(results: list[dict], *keys: str) -> list[str]:
+    return list(dict.fromkeys(str(v) for v in (get(r, *keys) for r in results) if v not in (None, "")))
+
+
+def summary_section(results: list[dict], matrix: Matrix) -> Section:
+    models = list(dict.fromkeys(r["model"] for r in results))
+    langs = {r["model"]: r.get("language") for r in results if r.get("language")}
+    created = sorted(_values(results, "manifest", "created"))
+    versions: dict[str, list[str]] = {}
+    for r in results:
+        for k, v in (get(r, "manifest", "versions", default={}) or {}).items():
+            versions.setdefault(str(k), [])
+            if str(v) not in versions[str(k)]:
+                versions[str(k)].append(str(v))
+    settings = []
+    for key in ("split", "language", "prompts", "labels", "limit"):
+        vals = _values(results, key)
+        if vals:
+            settings.append(f"{key}: {', '.join(vals)}")
+    for key in ("device",):
+        vals = _values(results, "manifest", key)
+        if vals:
+            settings.append(f"{key}: {', '.join(vals)}")
+    rows = [
+        ["models", f"{len(models)}: " + ", ".join(
+            f"{m} ({charts.family(m)}{', ' + langs[m] if m in langs else ''})" for m in models)],
+        ["datasets", f"{len(matrix.datasets)}: {', '.join(matrix.datasets)}" if matrix.datasets else MISSING],
+        ["tasks", ", ".join(dict.fromkeys(str(r.get("task")) for r in results))],
+        ["settings", "; ".join(settings) or MISSING],
+        ["when", (created[0] if len(created) == 1 or not created else f"{created[0]} … {created[-1]}") or MISSING],
+        ["versions", "; ".join(f"{k} {' / '.join(v)}" + (" (differs between runs)" if len(v) > 1 else "")
+                               for k, v in sorted(versions.items())) or MISSING],
+        ["result files", str(len(results))],
+    ]
+    return Section("summary", "Summary", "", [Table("summary", ["", ""], [[Cell(k), Cell(v)] for k, v in rows],
+                                                    sortable=False)])
+
+
+def _identity(model: Any) -> str | None:
+    if not isinstance(model, dict):
+        return None
+    parts = [model.get(k) for k in ("backend", "model", "pretrained", "preprocess")]
+    weights = model.get("weights")
+    text = " ".join(str(p) for p in parts if p)
+    return (text + (f" weights {str(weights)[:12]}" if weights else "")) or None
+
+
+def manifest_section(results: list[dict]) -> Section:
+    rows = []
+    for r in results:
+        rows.append([text_cell(r.get("model")), text_cell(r.get("dataset")), text_cell(r.get("task")),
+                     text_cell(r.get("split")), text_cell(r.get("language")), text_cell(r.get("prompts")),
+                     text_cell(r.get("labels")), int_cell(r.get("n_samples")), text_cell(r.get("metric")),
+                     text_cell(_identity(get(r, "manifest", "model", default={}))),
+                     text_cell(get(r, "manifest", "dataset", "fingerprint")),
+                     text_cell(get(r, "manifest", "created")), text_cell(get(r, "manifest", "device")),
+                     text_cell(r.get("_file"))])
+    return Section("manifest", "Run manifest", "Every result file the report read.",
+                   [Table("runs", ["model", "dataset", "task", "split", "language", "prompts", "labels", "n", "metric",
+                                   "model identity", "data fingerprint", "created", "device", "file"], rows)])
+
+
+def build_sections(results: list[dict], published: Published) -> list[Section]:
+    """Every section that has data, in reading order."""
+    notes = Notes()
+    matrix = zeroshot_matrix(results)
+    sections = [
+        summary_section(results, matrix),
+        matrix_section(matrix, published, notes),
+        published_section(results, published, notes),
+        side_by_side_section(matrix),
+        prompts_section(results),
+        sets_section(results),
+        negation_section(results),
+        labels_section(results),
+        probe_section(results, matrix),
+        manifest_section(results),
+    ]
+    return [s for s in sections if s is not None]
