@@ -12,7 +12,10 @@ import json
 import time
 
 import torch
-from clip_benchmark.metrics.zeroshot_classification import run_classification, zero_shot_classifier
+from clip_benchmark.metrics.zeroshot_classification import (
+    run_classification,
+    zero_shot_classifier,
+)
 from clip_benchmark.models.open_clip import load_open_clip
 from torchvision.datasets import ImageFolder
 

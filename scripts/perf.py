@@ -28,7 +28,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.cache import atomic_write_json  # noqa: E402
+from bench.cache import atomic_write_json
 
 OUT = ROOT / "results" / "perf"
 PERF_VENV = ROOT / ".venv-perf"
@@ -51,9 +51,9 @@ def perf_python() -> str:
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(PERF_VENV)], check=True)
         site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                              check=True, capture_output=True, text=True).stdout.strip()
+                              check=True, capture_output=True, text=True, check=False).stdout.strip()
         Path(site, "bench-base.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    if subprocess.run([str(py), "-c", "import clip_benchmark"], capture_output=True).returncode:
+    if subprocess.run([str(py), "-c", "import clip_benchmark"], capture_output=True, check=False).returncode:
         subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", CLIP_BENCHMARK], check=True)
     return str(py)
 
@@ -101,7 +101,7 @@ def bench_run(model: str, dataset: Path, cache: Path, out: Path, *, batch: int, 
     if prompts:
         cmd += ["--prompts", prompts]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env(threads), capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env(threads), capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"bench run failed:\n{proc.stderr[-3000:]}")
@@ -124,7 +124,7 @@ def throughput(work: Path, label: str, arch, n: int, size: int, batch: int, work
     assert warm["cache"]["images_encoded"] == 0 and warm["metrics"] == cold["metrics"]
     proc = subprocess.run([perf_python(), str(ROOT / "scripts" / "clipbench_loop.py"), "--model-dir", str(model_dir),
                            "--split-dir", str(data / "test"), "--batch-size", str(batch), "--workers", str(workers)],
-                          env=env(threads), capture_output=True, text=True)
+                          env=env(threads), capture_output=True, text=True, check=False)
     if proc.returncode:
         raise SystemExit(f"clip_benchmark loop failed:\n{proc.stderr[-3000:]}")
     theirs = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -160,7 +160,7 @@ def peak_rss(work: Path, n: int, batch: int, workers: int, threads: int) -> dict
            str(data), "--cache-dir", str(cache), "--out", str(out), "--batch-size", str(batch), "--workers",
            str(workers), "--no-progress", "--labels", "dataset"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env(threads), capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env(threads), capture_output=True, text=True, check=False)
     if proc.returncode:
         raise SystemExit(f"RSS run failed:\n{proc.stderr[-3000:]}")
     return {"images": n, "peak_rss_mb": int(proc.stdout.strip().splitlines()[-1]) / 1024,
@@ -182,7 +182,7 @@ def other_scripts() -> list[dict]:
     for script in sorted((ROOT / "scripts").glob("perf_*.py")):
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, str(script)], env=env(os.cpu_count() or 1), capture_output=True,
-                              text=True, cwd=ROOT)
+                              text=True, cwd=ROOT, check=False)
         found.append({"script": script.name, "returncode": proc.returncode, "wall_s": time.perf_counter() - start,
                       "lines": proc.stdout.strip().splitlines()[-20:],
                       "stderr_tail": proc.stderr.strip().splitlines()[-5:] if proc.returncode else []})
