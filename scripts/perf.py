@@ -51,7 +51,7 @@ def perf_python() -> str:
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(PERF_VENV)], check=True)
         site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                              check=True, capture_output=True, text=True, check=False).stdout.strip()
+                              check=True, capture_output=True, text=True).stdout.strip()
         Path(site, "bench-base.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     if subprocess.run([str(py), "-c", "import clip_benchmark"], capture_output=True, check=False).returncode:
         subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", CLIP_BENCHMARK], check=True)
