@@ -92,6 +92,7 @@ def _split_multi(values: list[str]) -> list[str]:
 
 
 def cmd_run(args) -> int:
+    from bench.distributed import is_main_process
     from bench.runner import RunOptions, run
 
     if args.batch_size < 1:
@@ -106,6 +107,8 @@ def cmd_run(args) -> int:
         skip_bad_images=args.skip_bad_images,
         progress=sys.stderr.isatty() if args.progress is None else args.progress)
     results = run(_split_multi(args.model), _split_multi(args.dataset), opts, tasks)
+    if not is_main_process():
+        return 0  # torchrun: rank 0 prints and writes
     print(format_table(results))
     print(f"results written under {args.out}/")
     return 0

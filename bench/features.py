@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from bench import distributed
 from bench.backends.base import Backend
 from bench.cache import FeatureCache, TextCache, content_key
 from bench.datasets.base import SplitData, collate
@@ -47,37 +48,36 @@ def image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, ba
     n_shards = max(1, math.ceil(n / size))
     shards = {s: cache.load_shard(key, s) for s in range(n_shards)}
     missing = [s for s, v in shards.items() if v is None]
+    dist = distributed.current()
+    mine = [s for s in missing if dist.owns(s)]  # under torchrun: this rank's disjoint share
     encoded = 0
-    if missing and n:
-        todo = [i for s in missing for i in range(s * size, min(n, (s + 1) * size))]
+    if mine and n:
+        todo = [i for s in mine for i in range(s * size, min(n, (s + 1) * size))]
         workers = default_workers() if workers is None else workers
         loader = torch.utils.data.DataLoader(
             data.images(backend.preprocess, todo), batch_size=batch_size,
             num_workers=workers, collate_fn=collate, pin_memory=backend.device.type == "cuda",
             persistent_workers=False, prefetch_factor=4 if workers else None)
-        buffers: dict[int, dict] = {}
+        writer = ShardWriter(cache, key, n)
         desc = f"{backend.spec.name} · {data.spec.name}/{data.split}"
         with tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False) as bar:
             for pixels, idxs, errors in loader:
                 if errors and not skip_bad_images:
                     raise BenchError(f"cannot read image {errors[0]}; fix or remove it, or pass --skip-bad-images")
                 feats = backend.encode_images(pixels).cpu() if pixels is not None else None
-                for row, i in enumerate(idxs):
-                    buf = buffers.setdefault(i // size, {"f": [], "i": [], "e": [], "n": 0})
-                    buf["f"].append(feats[row])
-                    buf["i"].append(i)
-                    buf["n"] += 1
-                for i, err in errors:
-                    buf = buffers.setdefault(i // size, {"f": [], "i": [], "e": [], "n": 0})
-                    buf["e"].append(err)
-                    buf["n"] += 1
-                for s in [s for s, b in buffers.items() if b["n"] == min(n, (s + 1) * size) - s * size]:
-                    b = buffers.pop(s)
-                    f = torch.stack(b["f"]) if b["f"] else torch.empty(0, 0)
-                    cache.save_shard(key, s, f, torch.tensor(b["i"], dtype=torch.long), b["e"])
-                    shards[s] = {"features": f, "indices": torch.tensor(b["i"], dtype=torch.long), "errors": b["e"]}
+                shards.update(writer.add(feats, idxs, errors))
                 bar.update(len(idxs) + len(errors))
                 encoded += len(idxs)
+    if dist.world > 1:
+        dist.barrier()  # every rank's shards are in the cache now
+        if not dist.main:
+            return ImageFeatures(torch.empty(0, 0), torch.empty(0, dtype=torch.long), key=key, n_encoded=encoded,
+                                 seconds=time.perf_counter() - start)
+        shards.update({s: cache.load_shard(key, s) for s in missing if not dist.owns(s)})
+        lost = [s for s in missing if shards[s] is None]
+        if lost:
+            raise BenchError(f"{data.spec.name}/{data.split}: shards {lost[:5]} written by other ranks are not in "
+                             f"{cache.root}; under torchrun on several nodes --cache-dir must be a shared folder")
     parts = [shards[s] for s in range(n_shards) if shards[s] is not None and shards[s]["indices"].numel()]
     if not parts:
         raise BenchError(f"{data.spec.name}/{data.split}: no readable images")
@@ -90,6 +90,49 @@ def image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, ba
         cache.finish(key, {"n": n, "shards": n_shards, "model": backend.identity(), "split": data.split,
                            "dataset": data.spec.name, "n_ok": int(out.indices.numel())})
     return out
+
+
+class ShardWriter:
+    """Streams encoded batches into cache shards: a shard is saved (and its rows dropped) as soon as its
+    last row arrives, so at most the open shards plus one batch are held, whatever the dataset size.
+    Rows are kept as per-batch slices and concatenated once per shard (no per-row tensors)."""
+
+    def __init__(self, cache: FeatureCache, key: str, n: int):
+        self.cache, self.key, self.n = cache, key, n
+        self.open: dict[int, dict] = {}
+
+    def pending_rows(self) -> int:
+        return sum(sum(len(c) for c in b["i"]) for b in self.open.values())
+
+    def add(self, feats: torch.Tensor | None, idxs: list[int], errors: list[tuple[int, str]]) -> dict[int, dict]:
+        """Take one batch; returns the shards it completed (already saved), by shard number."""
+        size = self.cache.shard_size
+        if idxs:
+            index = torch.tensor(idxs, dtype=torch.long)
+            shard_of = index // size
+            for s in torch.unique(shard_of).tolist():
+                rows = (shard_of == s).nonzero().squeeze(1)
+                buf = self._buf(s)
+                buf["f"].append(feats.index_select(0, rows))
+                buf["i"].append(index.index_select(0, rows))
+                buf["n"] += rows.numel()
+        for i, err in errors:
+            buf = self._buf(i // size)
+            buf["e"].append(err)
+            buf["n"] += 1
+        done = {}
+        for s in [s for s, b in self.open.items() if b["n"] == min(self.n, (s + 1) * size) - s * size]:
+            b = self.open.pop(s)
+            f = torch.cat(b["f"]) if b["f"] else torch.empty(0, 0)
+            i = torch.cat(b["i"]) if b["i"] else torch.empty(0, dtype=torch.long)
+            order = torch.argsort(i)  # workers may deliver out of order only across shards, but be safe
+            f, i = (f[order], i[order]) if i.numel() else (f, i)
+            self.cache.save_shard(self.key, s, f, i, b["e"])
+            done[s] = {"features": f, "indices": i, "errors": b["e"]}
+        return done
+
+    def _buf(self, s: int) -> dict:
+        return self.open.setdefault(s, {"f": [], "i": [], "e": [], "n": 0})
 
 
 def text_identity(backend: Backend) -> dict:

@@ -7,7 +7,7 @@ import io
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import __version__
+from bench import __version__, distributed
 from bench.backends import load_backend
 from bench.backends.base import Backend
 from bench.cache import FeatureCache, TextCache, atomic_write_bytes, atomic_write_json, check_writable
@@ -54,6 +54,7 @@ class RunOptions:
     limit: int | None = None
     skip_bad_images: bool = False
     progress: bool = True
+    shard_size: int = 2048  # images per feature-cache shard; also the unit of work per torchrun rank
 
 
 def prepare_command(spec: DatasetSpec) -> str:
@@ -131,7 +132,7 @@ class Runner:
     def __init__(self, opts: RunOptions):
         self.opts = opts
         check_writable(opts.cache_dir, "cache directory")
-        self.features = FeatureCache(opts.cache_dir)
+        self.features = FeatureCache(opts.cache_dir, opts.shard_size)
         self.texts = TextCache(opts.cache_dir)
         self._backends: dict[str, Backend] = {}
 
@@ -155,7 +156,7 @@ class Runner:
         emb = text_embeddings(backend, flat, self.texts, progress=self.opts.progress)
         return emb.view(len(grid), len(grid[0]), -1)
 
-    def zeroshot(self, spec: ModelSpec, ref: DatasetRef) -> dict:
+    def zeroshot(self, spec: ModelSpec, ref: DatasetRef) -> dict | None:
         opts = self.opts
         t0 = time.perf_counter()
         data = load_data(ref, opts.split, opts.limit)
@@ -168,6 +169,8 @@ class Runner:
         backend = self.backend(spec)
         feats = image_features(backend, data, self.features, batch_size=opts.batch_size, workers=opts.workers,
                                skip_bad_images=opts.skip_bad_images, progress=opts.progress)
+        if not distributed.current().main:
+            return None  # torchrun: this rank's shards are cached; rank 0 classifies and writes
         t1 = time.perf_counter()
         per_prompt = self.class_weights(backend, ps, ref.spec.name, labels)
         logits = scores(feats.features, class_embeddings(per_prompt)).numpy()
@@ -241,9 +244,11 @@ def run(model_names: list[str], dataset_names: list[str], opts: RunOptions, task
         if task not in TASKS:
             raise BenchError(f"task '{task}' is not available yet; available: {', '.join(TASKS)}")
     check_writable(opts.out, "output directory")
+    opts = replace(opts, device=distributed.rank_device(opts.device))
     runner = Runner(opts)
     results = []
-    for spec in models:
-        for ref in refs:
-            results.append(runner.zeroshot(spec, ref))
-    return results
+    with distributed.process_group(opts.device):
+        for spec in models:
+            for ref in refs:
+                results.append(runner.zeroshot(spec, ref))
+    return [r for r in results if r is not None]  # empty on torchrun ranks other than 0

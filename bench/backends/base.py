@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,8 +83,11 @@ class Backend(ABC):
 
     @property
     def preprocess_id(self) -> str:
-        """A stable description of the image transform (sizes, interpolation, crop, mean/std)."""
-        return repr(self.preprocess)
+        """A stable description of the image transform (sizes, interpolation, crop, mean/std).
+
+        Memory addresses in reprs (`<function f at 0x7f...>`) are dropped: they differ per process and
+        would make the feature cache miss on every new run and across torchrun ranks."""
+        return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(self.preprocess))
 
     def identity(self) -> dict:
         """Everything that changes image features: for cache keys and result manifests."""
