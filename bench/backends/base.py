@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +77,12 @@ class Backend(ABC):
 
     @property
     def preprocess_id(self) -> str:
-        """A stable description of the image transform (sizes, interpolation, crop, mean/std)."""
-        return repr(self.preprocess)
+        """A stable description of the image transform (sizes, interpolation, crop, mean/std).
+
+        Memory addresses in reprs (`<function _to_rgb at 0x7f…>`) differ in every process; left in,
+        they made every run's cache key new, so no run ever reused (or resumed) cached features.
+        """
+        return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(self.preprocess))
 
     def identity(self) -> dict:
         """Everything that changes image features: for cache keys and result manifests."""
