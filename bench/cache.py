@@ -7,6 +7,8 @@ run leaves finished shards (which the next run reuses) and never a half-written 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -16,12 +18,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bench.errors import BenchError
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
+DEFAULT_SHARD_SIZE = 2048
+SHARD_SIZE_ENV = "BENCH_SHARD_SIZE"  # images per feature-cache shard (smaller: less lost on a kill)
+
+
+def shard_size_from_env() -> int:
+    """$BENCH_SHARD_SIZE if set (a positive integer), else the default."""
+    raw = os.environ.get(SHARD_SIZE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_SHARD_SIZE
+    if not raw.isdigit() or int(raw) < 1:
+        raise BenchError(f"${SHARD_SIZE_ENV} must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def write_error(path: Path, exc: OSError) -> BenchError:
+    """One line for a failed cache/result write (disk full, read-only, permissions)."""
+    why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+    return BenchError(f"cannot write {path}: {why}; nothing was left half-written, free space or choose "
+                      "another folder and run again (finished cache shards are reused)")
 
 
 def content_key(parts: dict[str, Any]) -> str:
@@ -38,20 +60,37 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _temp_beside(path: Path):
+    """A temporary file name next to `path` (same file system, so the final rename is atomic).
+
+    The temp file is always removed unless the body renamed it; a failed write (disk full,
+    read-only folder) becomes one BenchError naming `path`.
+    """
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        yield Path(tmp)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    except SafetensorError as exc:  # safetensors reports I/O failures as its own error type
+        raise write_error(path, OSError(errno.EIO, str(exc).splitlines()[0] if str(exc) else "I/O error")) from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with _temp_beside(path) as tmp:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -61,25 +100,19 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
     """save_file to a temp name, fsync, rename; returns the file's sha256."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        digest = file_sha256(Path(tmp))
+    with _temp_beside(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        digest = file_sha256(tmp)
         os.replace(tmp, path)
         return digest
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class FeatureCache:
     """Image features under `<root>/features/<key>/`: shard-NNNNN.safetensors + .json, then index.json."""
 
-    def __init__(self, root: Path, shard_size: int = 2048):
+    def __init__(self, root: Path, shard_size: int | None = None):
         self.root = Path(root)
-        self.shard_size = shard_size
+        self.shard_size = shard_size or shard_size_from_env()
 
     def entry_dir(self, key: str) -> Path:
         return self.root / "features" / key[:2] / key
@@ -111,6 +144,16 @@ class FeatureCache:
         path = self.shard_path(key, shard)
         digest = atomic_save_tensors(path, {"features": features.float(), "indices": indices.long()})
         atomic_write_json(path.with_suffix(".json"), {"sha256": digest, "n": int(indices.numel()), "errors": errors})
+
+    @contextlib.contextmanager
+    def lock(self, key: str):
+        """Hold while encoding one entry: a second run on the same cache waits, then reads the shards."""
+        from filelock import FileLock
+
+        path = self.root / "locks" / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path)):
+            yield
 
     def is_complete(self, key: str) -> bool:
         return (self.entry_dir(key) / "index.json").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -39,9 +40,21 @@ def feature_key(backend: Backend, data: SplitData) -> str:
     return content_key({"kind": "image", "model": backend.identity(), "data": data.fingerprint, "split": data.split})
 
 
-def image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, batch_size: int = 64,
-                   workers: int | None = None, skip_bad_images: bool = False, progress: bool = True) -> ImageFeatures:
-    """Features for every sample of `data`, from finished cache shards where possible."""
+def image_features(backend: Backend, data: SplitData, cache: FeatureCache, **kwargs) -> ImageFeatures:
+    """Features for every sample of `data`, from finished cache shards where possible.
+
+    Options as in `_image_features`. One run encodes a cache entry at a time: a concurrent run on the
+    same cache waits for the lock, then reads the finished shards instead of encoding them again.
+    """
+    # Under torchrun the ranks already split the entry into disjoint shards and meet at a barrier;
+    # a lock held by one rank across that barrier would deadlock the others.
+    single = distributed.current().world == 1
+    with cache.lock(feature_key(backend, data)) if single else contextlib.nullcontext():
+        return _image_features(backend, data, cache, **kwargs)
+
+
+def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, batch_size: int = 64,
+                    workers: int | None = None, skip_bad_images: bool = False, progress: bool = True) -> ImageFeatures:
     start = time.perf_counter()
     key = feature_key(backend, data)
     n, size = len(data), cache.shard_size
@@ -78,13 +91,16 @@ def image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, ba
         if lost:
             raise BenchError(f"{data.spec.name}/{data.split}: shards {lost[:5]} written by other ranks are not in "
                              f"{cache.root}; under torchrun on several nodes --cache-dir must be a shared folder")
+    cached_errors = [e for s in range(n_shards) for e in (shards[s] or {}).get("errors", [])]
+    if cached_errors and not skip_bad_images:  # skipped by an earlier run with --skip-bad-images
+        raise BenchError(f"cannot read image {cached_errors[0]}; fix or remove it, or pass --skip-bad-images")
     parts = [shards[s] for s in range(n_shards) if shards[s] is not None and shards[s]["indices"].numel()]
     if not parts:
         raise BenchError(f"{data.spec.name}/{data.split}: no readable images")
     out = ImageFeatures(
         features=torch.cat([p["features"] for p in parts]),
         indices=torch.cat([p["indices"] for p in parts]),
-        errors=[e for s in range(n_shards) for e in (shards[s] or {}).get("errors", [])],
+        errors=cached_errors,
         key=key, n_encoded=encoded, seconds=time.perf_counter() - start)
     if not cache.is_complete(key):
         cache.finish(key, {"n": n, "shards": n_shards, "model": backend.identity(), "split": data.split,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +73,38 @@ def check_count(names: tuple[str, ...], spec: DatasetSpec, source: str) -> None:
                          f"{spec.num_classes} classes; fix the file so it lists one name per class in index order")
 
 
+HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+LATIN = re.compile(r"[A-Za-z]")
+
+
+def check_distinct(names: tuple[str, ...], source: str) -> None:
+    """Two classes with one name get identical class embeddings: the model could never tell them apart."""
+    dupes = [n for n, c in Counter(names).items() if c > 1]
+    if dupes:
+        where = [i for i, n in enumerate(names) if n == dupes[0]]
+        raise BenchError(f"{source}: class name '{dupes[0]}' is used for classes {', '.join(map(str, where))}"
+                         f"{f' ({len(dupes)} duplicated names in all)' if len(dupes) > 1 else ''}; "
+                         "identical names give identical class embeddings, so make every name distinct")
+
+
+def check_language(names: tuple[str, ...], language: str, source: str) -> None:
+    """A label file in the wrong language silently costs accuracy, so it is an error.
+
+    zh: no name has a Han character but some have Latin letters (names of digits or symbols only,
+    like MNIST's "0".."9", suit either language); en: most names have Han characters. Named variants
+    are exempt: a variant is a deliberate experiment.
+    """
+    with_han = sum(bool(HAN.search(n)) for n in names)
+    with_latin = sum(bool(LATIN.search(n)) for n in names)
+    if language == "zh" and with_latin and with_han == 0:
+        raise BenchError(f"{source}: none of its {len(names)} names has Chinese characters, but the labels are "
+                         "for a Chinese (zh) evaluation; use a Chinese label file, or pass --language en "
+                         "to evaluate in English")
+    if language == "en" and with_han * 2 > len(names):
+        raise BenchError(f"{source}: {with_han} of its {len(names)} names are Chinese, but the labels are for an "
+                         "English (en) evaluation; use an English label file, or pass --language zh")
+
+
 def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: SplitData | None = None) -> Labels:
     """Labels for `spec` in `language`: the shipped default, a named variant, a YAML path, or `dataset`."""
     if arg == "dataset":
@@ -79,9 +113,11 @@ def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: Spli
             raise BenchError(f"--labels dataset: {spec.name} has no {fname} beside its splits")
         names = data.class_names[language]
         labels = Labels(names, str(Path(data.root).parent / {"en": "label.txt", "zh": "label_cn.txt"}[language]))
+        check_language(names, language, labels.source)
     elif arg is not None and is_path_arg(arg):
         names, _ = parse_label_file(Path(arg))
         labels = Labels(names, str(arg))
+        check_language(names, language, labels.source)
     else:
         path = label_file(language, spec.name)
         if not path.is_file():
@@ -90,6 +126,7 @@ def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: Spli
                              f"languages available: {', '.join(have) or 'none'}); "
                              "write that file or pass --labels FILE")
         names, variants = parse_label_file(path)
+        check_language(names, language, str(path))
         variant = None
         if arg is not None:
             variant = check_name(arg, "label variant")
@@ -98,4 +135,5 @@ def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: Spli
             names = tuple(variants[variant].get(i, n) for i, n in enumerate(names))
         labels = Labels(names, display_path(path), variant)
     check_count(labels.names, spec, labels.description)
+    check_distinct(labels.names, labels.description)
     return labels

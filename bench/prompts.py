@@ -20,11 +20,37 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ALLOWED_KEYS = {"name", "language", "description", "templates", "per_dataset"}
 
 
+MAX_REPEAT = 10_000  # longest string/list a template may build with `*`; `**` exponents up to MAX_POWER
+MAX_POWER = 64
+# Statements a prompt never needs: loops and macros can run for hours, includes read other files.
+FORBIDDEN_NODES = {jinja2.nodes.For: "{% for %}", jinja2.nodes.Macro: "{% macro %}",
+                   jinja2.nodes.CallBlock: "{% call %}", jinja2.nodes.Extends: "{% extends %}",
+                   jinja2.nodes.Include: "{% include %}", jinja2.nodes.Import: "{% import %}",
+                   jinja2.nodes.FromImport: "{% from ... import %}"}
+
+
+class PromptEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, plus limits on `*` and `**` so a template cannot stall a run (`{{ 9**9**9 }}`)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator, left, right):
+        nums = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (left, right))
+        if operator == "**" and not (nums and abs(right) <= MAX_POWER and abs(left) <= 10 ** 6):
+            raise jinja2.exceptions.SecurityError(f"'**' is limited to exponents up to {MAX_POWER}")
+        if operator == "*":
+            seq, count = (left, right) if isinstance(left, (str, list, tuple)) else (right, left)
+            if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and len(seq) * count > MAX_REPEAT:
+                raise jinja2.exceptions.SecurityError(f"'*' may build at most {MAX_REPEAT} items")
+            if nums and abs(left) > 10 ** 6 and abs(right) > 10 ** 6:
+                raise jinja2.exceptions.SecurityError("'*' operands are too large")
+        return super().call_binop(context, operator, left, right)
+
+
 @lru_cache(maxsize=1)
 def environment() -> ImmutableSandboxedEnvironment:
     """The one jinja2 environment: sandboxed (no Python internals), strict undefined variables."""
-    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
-                                         keep_trailing_newline=False)
+    return PromptEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
 
 
 def is_path_arg(arg: str) -> bool:
@@ -69,13 +95,21 @@ def compile_template(source: str, where: str) -> jinja2.Template:
         ast = env.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise BenchError(f"{where}: jinja2 syntax error: {exc.message}") from None
+    for node_type, tag in FORBIDDEN_NODES.items():
+        if next(ast.find_all(node_type), None) is not None:
+            raise BenchError(f"{where}: {tag} is not allowed in prompt templates (only expressions on {{{{ label }}}})")
     names = jinja2.meta.find_undeclared_variables(ast)
     if "label" not in names:
         raise BenchError(f"{where}: template has no {{{{ label }}}}: {source!r}")
     if names - {"label"}:
         raise BenchError(f"{where}: undefined variable(s) {', '.join(sorted(names - {'label'}))} "
                          "(only {{ label }} is available)")
-    return env.from_string(source)
+    try:
+        template = env.from_string(source)
+    except jinja2.TemplateError as exc:  # errors the parser leaves to the compiler
+        raise BenchError(f"{where}: jinja2 error: {exc}") from None
+    render(template, "example label", where)  # sandbox and runtime errors show at load time, before any encoding
+    return template
 
 
 def render(template: jinja2.Template, label: str, where: str = "template") -> str:
@@ -85,6 +119,9 @@ def render(template: jinja2.Template, label: str, where: str = "template") -> st
         raise BenchError(f"{where}: blocked by the template sandbox: {exc}") from None
     except jinja2.TemplateError as exc:
         raise BenchError(f"{where}: cannot render: {exc}") from None
+    except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError, RecursionError) as exc:
+        # operators on the label, e.g. {{ label / 2 }} or {{ label|int // 0 }}
+        raise BenchError(f"{where}: cannot render: {type(exc).__name__}: {exc}") from None
 
 
 @dataclass(frozen=True)

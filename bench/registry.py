@@ -32,6 +32,9 @@ def load_yaml(path: Path) -> Any:
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise BenchError(f"{path}{where}: invalid YAML: {problem}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # the safe loader's constructors raise these for e.g. a date like 2024-13-45
+        raise BenchError(f"{path}: invalid YAML value ({type(exc).__name__}: {exc})") from None
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -22,6 +23,13 @@ def _weights_hint(open_clip, arch: str, tag: str | None) -> str:
     return "set `pretrained:` in a model YAML to a local checkpoint file, or `model: local-dir:/path`"
 
 
+class _DropOpenClipLogs(logging.Filter):
+    """Our one-line error says it all; open_clip's own 'Failed to download' log would be a second line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open_clip" not in record.pathname
+
+
 class OpenClipBackend(Backend):
     def __init__(self, spec, device="cpu", cache_dir=None):
         super().__init__(spec, device, cache_dir)
@@ -37,6 +45,8 @@ class OpenClipBackend(Backend):
         if not name.startswith(SCHEMAS) and name not in open_clip.list_models():
             from bench.registry import unknown
             raise unknown("open_clip architecture", name, open_clip.list_models(), hint=f"in model '{spec.name}'")
+        quiet = _DropOpenClipLogs()  # open_clip logs its own download error on the root logger
+        logging.getLogger().addFilter(quiet)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=pretrained, weights_only=True,
@@ -49,6 +59,8 @@ class OpenClipBackend(Backend):
                 f"cannot load weights for {spec.name} (open_clip {name}, pretrained {pretrained!r}): "
                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
                 f"{_weights_hint(open_clip, name, pretrained)}") from None
+        finally:
+            logging.getLogger().removeFilter(quiet)
         self._adopt(model)
         self.tokenizer = open_clip.get_tokenizer(name)
         self.context_length = int(self.tokenizer.context_length)
