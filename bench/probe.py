@@ -13,12 +13,13 @@ head is fitted on train + validation with that C and scored once on test.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -197,11 +198,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
-    def take(self, idx: np.ndarray) -> "Split":
+    def take(self, idx: np.ndarray) -> Split:
         return Split(self.x[idx], self.y[idx])
 
     @staticmethod
-    def concat(a: "Split", b: "Split") -> "Split":
+    def concat(a: Split, b: Split) -> Split:
         return Split(np.concatenate([a.x, b.x]), np.concatenate([a.y, b.y]))
 
 
@@ -265,7 +266,7 @@ def holdout_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray
     train, val = [], []
     for s in np.unique(strata):
         idx = rng.permutation(np.flatnonzero(strata == s))
-        n_val = min(len(idx) - 1, max(1, int(round(fraction * len(idx))))) if len(idx) > 1 else 0
+        n_val = min(len(idx) - 1, max(1, round(fraction * len(idx)))) if len(idx) > 1 else 0
         val.extend(idx[:n_val])
         train.extend(idx[n_val:])
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
@@ -363,7 +364,7 @@ def zero_shot_worth(zero_shot: float, few_shot_rows: list[dict]) -> dict:
         return {"shots": None, "bound": "none"}
     if zero_shot <= rows[0][1]:
         return {"shots": float(rows[0][0]), "bound": "below"}
-    for (k0, m0), (k1, m1) in zip(rows, rows[1:]):
+    for (k0, m0), (k1, m1) in itertools.pairwise(rows):
         if m0 < zero_shot <= m1:
             t = (zero_shot - m0) / (m1 - m0)
             return {"shots": float(2 ** (math.log2(k0) + t * (math.log2(k1) - math.log2(k0)))), "bound": "within"}

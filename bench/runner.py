@@ -7,19 +7,25 @@ import io
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from bench import __version__
+from bench import __version__, probe
 from bench.backends import load_backend
 from bench.backends.base import Backend, resolve_device
-from bench.cache import FeatureCache, TextCache, atomic_write_bytes, atomic_write_json, check_writable
+from bench.cache import (
+    FeatureCache,
+    TextCache,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_writable,
+)
 from bench.datasets import elevater
 from bench.datasets.base import SplitData, stratified_limit
 from bench.datasets.digits import prepare_digits
@@ -30,7 +36,6 @@ from bench.labels import Labels, resolve_labels
 from bench.metrics import compute_metrics
 from bench.models import ModelSpec, resolve_model
 from bench.prompts import PromptSet, load_prompt_set
-from bench import probe
 from bench.zeroshot import LOGIT_SCALE, class_embeddings, normalize, scores
 
 log = logging.getLogger(__name__)
@@ -134,6 +139,11 @@ def target_array(data: SplitData, indices: torch.Tensor) -> np.ndarray:
     return np.asarray([data.targets[i] for i in idx], dtype=np.int64)
 
 
+def result_header(spec: ModelSpec, ref: DatasetRef, data: SplitData, task: str, language: str) -> dict:
+    """The keys every result JSON starts with (contract)."""
+    return {"model": spec.name, "dataset": ref.spec.name, "split": data.split, "task": task, "language": language}
+
+
 class Runner:
     """Holds the caches and loaded backends for one invocation."""
 
@@ -184,11 +194,7 @@ class Runner:
         metrics = compute_metrics(logits, targets, ref.spec.metric)
         t2 = time.perf_counter()
         result = {
-            "model": spec.name,
-            "dataset": ref.spec.name,
-            "split": data.split,
-            "task": "zeroshot",
-            "language": language,
+            **result_header(spec, ref, data, "zeroshot", language),
             "prompts": ps.name,
             "labels": labels.description,
             "label_variant": labels.variant,
@@ -256,17 +262,13 @@ class Runner:
             init = probe.init_from_classifier(classes, kind, LOGIT_SCALE)
         impl = self.probe_impl()
         device = str(resolve_device(opts.device))
-        args = dict(metric=ref.spec.metric, num_classes=ref.spec.num_classes, impl=impl, init=init, device=device)
+        args = {"metric": ref.spec.metric, "num_classes": ref.spec.num_classes, "impl": impl, "init": init, "device": device}
         outcome = probe.linear_probe(train, val, test, **args)
         t2 = time.perf_counter()
         few = probe.few_shot(train, val, test, shots=opts.shots, seeds=opts.seeds, **args) if opts.shots else []
         t3 = time.perf_counter()
         result = {
-            "model": spec.name,
-            "dataset": ref.spec.name,
-            "split": test_data.split,
-            "task": "linear_probe",
-            "language": language,
+            **result_header(spec, ref, test_data, "linear_probe", language),
             "n_samples": len(test),
             "n_classes": ref.spec.num_classes,
             "metric": ref.spec.metric,
@@ -311,7 +313,7 @@ class Runner:
     def manifest(self, backend: Backend, data: SplitData, ps: PromptSet | None) -> dict:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()}
         return {
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": package_versions(),
             "model": {**backend.identity(), "language": backend.spec.language, "source": backend.spec.source},
             "dataset": {"name": data.spec.name, "folder": str(Path(data.root).parent), "fingerprint": data.fingerprint},

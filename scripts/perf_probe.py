@@ -9,7 +9,6 @@ this run, so it holds for this machine only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -20,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cache import atomic_write_json  # noqa: E402
-from bench.probe import evaluate, fit_sklearn, fit_torch, Split  # noqa: E402
+from bench.cache import atomic_write_json
+from bench.probe import Split, evaluate, fit_sklearn, fit_torch
 
 
 def generate(n: int, d: int, c: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
