@@ -35,7 +35,7 @@ report: install
 	$(BIN)/bench report $(RUNS) --out $(REPORT) --format $(FORMAT)
 
 perf: install
-	$(BIN)/python scripts/perf.py
+	for s in scripts/perf*.py; do $(BIN)/python $$s || exit 1; done
 
 lint: install
 	$(BIN)/python -m ruff check bench tests scripts

@@ -64,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip unreadable images (their count is recorded) instead of failing")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bars (default: on when stderr is a terminal)")
+    probe = run.add_argument_group("linear probe and few-shot (--task linear-probe|all)")
+    probe.add_argument("--probe-impl", choices=["auto", "torch", "sklearn"], default="auto",
+                       help="torch (full-batch L-BFGS, CPU/GPU) or the scikit-learn reference (default: auto = torch)")
+    probe.add_argument("--probe-init", choices=["zero", "zeroshot"], default="zero",
+                       help="start the head at zero or at the zero-shot classifier (ELEVATER's option)")
+    shots = probe.add_mutually_exclusive_group()
+    shots.add_argument("--shots", type=_int_list, default=None,
+                       help="few-shot k per class, comma-separated (default: 1,2,4,8,16; 0 or '' for none)")
+    shots.add_argument("--elevater-shots", action="store_true", help="ELEVATER's few-shot settings: 5,20,50")
+    probe.add_argument("--seeds", type=_int_list, default=(0, 1, 2),
+                       help="few-shot sampling seeds, comma-separated (default: 0,1,2)")
     run.set_defaults(func=cmd_run)
 
     models = sub.add_parser("models", help="the model registry")
@@ -87,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got '{text}'")
+    return values
+
+
 def _split_multi(values: list[str]) -> list[str]:
     return [v for value in values for v in value.split()]
 
@@ -104,7 +125,8 @@ def cmd_run(args) -> int:
         out=args.out, cache_dir=args.cache_dir or default_cache_dir(), data_root=args.data_root or default_data_root(),
         split=args.split, prompts=args.prompts, labels=args.labels, language=args.language, device=args.device,
         batch_size=args.batch_size, workers=args.workers, save_predictions=args.save_predictions, limit=args.limit,
-        skip_bad_images=args.skip_bad_images,
+        skip_bad_images=args.skip_bad_images, probe_impl=args.probe_impl, probe_init=args.probe_init,
+        shots=_shots(args), seeds=args.seeds,
         progress=sys.stderr.isatty() if args.progress is None else args.progress)
     results = run(_split_multi(args.model), _split_multi(args.dataset), opts, tasks)
     if not is_main_process():
@@ -112,6 +134,17 @@ def cmd_run(args) -> int:
     print(format_table(results))
     print(f"results written under {args.out}/")
     return 0
+
+
+def _shots(args) -> tuple[int, ...]:
+    from bench.probe import DEFAULT_SHOTS, ELEVATER_SHOTS
+
+    if args.elevater_shots:
+        return ELEVATER_SHOTS
+    shots = DEFAULT_SHOTS if args.shots is None else tuple(k for k in args.shots if k > 0)
+    if shots and not args.seeds:
+        raise BenchError("--seeds is empty: few-shot probes need at least one seed (or pass --shots 0)")
+    return shots
 
 
 def format_table(results: list[dict]) -> str:

@@ -7,6 +7,7 @@ import io
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -15,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import __version__, distributed
+from bench import __version__, distributed, probe
 from bench.backends import load_backend
-from bench.backends.base import Backend
+from bench.backends.base import Backend, resolve_device
 from bench.cache import FeatureCache, TextCache, atomic_write_bytes, atomic_write_json, check_writable
 from bench.datasets import sources
 from bench.datasets.base import SplitData, stratified_limit
@@ -30,10 +31,9 @@ from bench.labels import Labels, resolve_labels
 from bench.metrics import compute_metrics
 from bench.models import ModelSpec, resolve_model
 from bench.prompts import PromptSet, load_prompt_set
-from bench.zeroshot import class_embeddings, scores
+from bench.zeroshot import LOGIT_SCALE, class_embeddings, normalize, scores
 
 log = logging.getLogger(__name__)
-TASKS = ("zeroshot",)
 # Sources that can be generated locally without network, by name.
 GENERATORS = {"digits": prepare_digits}
 
@@ -55,6 +55,13 @@ class RunOptions:
     skip_bad_images: bool = False
     progress: bool = True
     shard_size: int = 2048  # images per feature-cache shard; also the unit of work per torchrun rank
+    # linear probe / few-shot
+    probe_impl: str = "auto"  # auto | torch | sklearn
+    probe_init: str = "zero"  # zero | zeroshot
+    shots: tuple[int, ...] = probe.DEFAULT_SHOTS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    val_fraction: float = 0.2
+    val_seed: int = 0
 
 
 def prepare_command(spec: DatasetSpec) -> str:
@@ -126,6 +133,11 @@ def target_array(data: SplitData, indices: torch.Tensor) -> np.ndarray:
     return np.asarray([data.targets[i] for i in idx], dtype=np.int64)
 
 
+def result_header(spec: ModelSpec, ref: DatasetRef, data: SplitData, task: str, language: str) -> dict:
+    """The keys every result JSON starts with (contract)."""
+    return {"model": spec.name, "dataset": ref.spec.name, "split": data.split, "task": task, "language": language}
+
+
 class Runner:
     """Holds the caches and loaded backends for one invocation."""
 
@@ -178,11 +190,7 @@ class Runner:
         metrics = compute_metrics(logits, targets, ref.spec.metric)
         t2 = time.perf_counter()
         result = {
-            "model": spec.name,
-            "dataset": ref.spec.name,
-            "split": data.split,
-            "task": "zeroshot",
-            "language": language,
+            **result_header(spec, ref, data, "zeroshot", language),
             "prompts": ps.name,
             "labels": labels.description,
             "label_variant": labels.variant,
@@ -203,14 +211,111 @@ class Runner:
         self.write(result, data, logits, targets, feats.indices)
         return result
 
-    def manifest(self, backend: Backend, data: SplitData, ps: PromptSet) -> dict:
+    def probe_split(self, backend: Backend, data: SplitData) -> tuple[probe.Split, object]:
+        """L2-normalised cached features and targets of one split (encoded at most once per model × split)."""
+        opts = self.opts
+        feats = image_features(backend, data, self.features, batch_size=opts.batch_size, workers=opts.workers,
+                               skip_bad_images=opts.skip_bad_images, progress=opts.progress)
+        return probe.Split(normalize(feats.features).numpy(), target_array(data, feats.indices)), feats
+
+    def linear_probe(self, spec: ModelSpec, ref: DatasetRef) -> dict | None:
+        """The CLIP-paper linear probe (C searched on validation, refit on train + val, scored on test)
+        and few-shot probes, on cached features."""
+        opts = self.opts
+        t0 = time.perf_counter()
+        folder = ref.folder
+        if not (folder / "train").is_dir():
+            raise BenchError(f"{ref.spec.name}: the linear probe needs a 'train' split in {folder}; found only "
+                             + ", ".join(s for s in ("val", "test") if (folder / s).is_dir()))
+        if opts.split in ("train", "val"):
+            raise BenchError(f"--split {opts.split}: the linear probe trains and selects on train/val; "
+                             "score it on a held-out split such as test")
+        test_data = load_data(ref, opts.split, opts.limit)
+        train_data = load_data(ref, "train", opts.limit)
+        has_val = (folder / "val").is_dir()
+        backend = self.backend(spec)
+        train_all, f_train = self.probe_split(backend, train_data)
+        test, f_test = self.probe_split(backend, test_data)
+        encoded = {"train": f_train.n_encoded, opts.split: f_test.n_encoded}
+        keys = {"train": f_train.key, opts.split: f_test.key}
+        if has_val:
+            val, f_val = self.probe_split(backend, load_data(ref, "val", opts.limit))
+            train = train_all
+            encoded["val"], keys["val"] = f_val.n_encoded, f_val.key
+            val_source = "val split"
+        if not distributed.current().main:
+            return None  # torchrun: every rank helped encode each split; rank 0 fits and writes
+        if not has_val:
+            tr_idx, va_idx = probe.holdout_split(train_all.y, opts.val_fraction, opts.val_seed)
+            train, val = train_all.take(tr_idx), train_all.take(va_idx)
+            val_source = f"stratified {opts.val_fraction:.0%} of train (seed {opts.val_seed})"
+        t1 = time.perf_counter()
+        language = self.language(spec)
+        init, ps, labels = None, None, None
+        kind = probe.problem_kind(train.y, ref.spec.num_classes)
+        if opts.probe_init == "zeroshot":
+            labels = resolve_labels(opts.labels, ref.spec, language, test_data)
+            ps = self.prompt_set(spec)
+            classes = class_embeddings(self.class_weights(backend, ps, ref.spec.name, labels)).numpy()
+            init = probe.init_from_classifier(classes, kind, LOGIT_SCALE)
+        impl = self.probe_impl()
+        device = str(resolve_device(opts.device))
+        args = {"metric": ref.spec.metric, "num_classes": ref.spec.num_classes, "impl": impl, "init": init, "device": device}
+        outcome = probe.linear_probe(train, val, test, **args)
+        t2 = time.perf_counter()
+        few = probe.few_shot(train, val, test, shots=opts.shots, seeds=opts.seeds, **args) if opts.shots else []
+        t3 = time.perf_counter()
+        result = {
+            **result_header(spec, ref, test_data, "linear_probe", language),
+            "n_samples": len(test),
+            "n_classes": ref.spec.num_classes,
+            "metric": ref.spec.metric,
+            "metrics": outcome.metrics,
+            "implementation": impl,
+            "device": device,
+            "objective": {"binary": "logistic (one logit)", "multiclass": "multinomial logistic",
+                          "multilabel": "one-vs-rest logistic"}[kind] + ", L2 on weights, L-BFGS",
+            "features": "L2-normalised image embeddings",
+            "init": opts.probe_init,
+            "regularization": {"name": "C", "value": outcome.c,
+                               "meaning": "inverse L2 strength: mean loss + ||W||^2 / (2 C n)"},
+            "selection": f"C searched on validation ({val_source}); final fit on train + validation; "
+                         "test scored once",
+            "sweep": outcome.sweep,
+            "n_train": len(train),
+            "n_val": len(val),
+            "val_source": val_source,
+            "few_shot": few,
+            "few_shot_selection": "k per class drawn from the training part only; C searched on the same "
+                                  "validation set",
+            "limit": opts.limit,
+            "cache": {"image_features": keys, "images_encoded": encoded},
+            "timings": {"image_features_s": round(t1 - t0, 3), **outcome.timings, "few_shot_s": round(t3 - t2, 3),
+                        "total_s": round(t3 - t0, 3)},
+            "manifest": self.manifest(backend, test_data, ps),
+        }
+        if labels is not None:
+            result["labels"] = labels.description
+            result["prompts"] = ps.name
+        folder_out = opts.out / spec.name / ref.spec.name
+        check_writable(folder_out, "output directory")
+        atomic_write_json(folder_out / "linear_probe.json", result)
+        return result
+
+    def probe_impl(self) -> str:
+        """`auto` is torch: as fast or faster than scikit-learn on every size we measured (scripts/perf_probe.py)."""
+        name = "torch" if self.opts.probe_impl == "auto" else self.opts.probe_impl
+        probe.get_implementation(name)
+        return name
+
+    def manifest(self, backend: Backend, data: SplitData, ps: PromptSet | None) -> dict:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()}
         return {
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": package_versions(),
             "model": {**backend.identity(), "language": backend.spec.language, "source": backend.spec.source},
             "dataset": {"name": data.spec.name, "folder": str(Path(data.root).parent), "fingerprint": data.fingerprint},
-            "prompts": {"name": ps.name, "path": ps.path},
+            "prompts": {"name": ps.name, "path": ps.path} if ps is not None else None,
             "device": str(backend.device),
             "settings": settings,
         }
@@ -231,7 +336,15 @@ class Runner:
         atomic_write_json(folder / "zeroshot.json", result)
 
 
-def run(model_names: list[str], dataset_names: list[str], opts: RunOptions, tasks: tuple[str, ...] = TASKS) -> list[dict]:
+# Task name → Runner method: `bench run --task` dispatches through this table.
+TASKS: dict[str, Callable[[Runner, ModelSpec, DatasetRef], dict | None]] = {
+    "zeroshot": Runner.zeroshot,
+    "linear_probe": Runner.linear_probe,
+}
+
+
+def run(model_names: list[str], dataset_names: list[str], opts: RunOptions,
+        tasks: tuple[str, ...] = ("zeroshot",)) -> list[dict]:
     """Resolve everything first (fail fast on bad names), then evaluate each model on each dataset."""
     models = [resolve_model(m) for m in model_names]
     refs, missing = resolve_datasets(dataset_names, opts.data_root)
@@ -243,6 +356,11 @@ def run(model_names: list[str], dataset_names: list[str], opts: RunOptions, task
     for task in tasks:
         if task not in TASKS:
             raise BenchError(f"task '{task}' is not available yet; available: {', '.join(TASKS)}")
+    if "linear_probe" in tasks:
+        no_train = [r.spec.name for r in refs if not (r.folder / "train").is_dir()]
+        if no_train:
+            raise BenchError(f"the linear probe needs a 'train' split; missing for: {', '.join(no_train)} "
+                             "(run --task zeroshot for these)")
     check_writable(opts.out, "output directory")
     opts = replace(opts, device=distributed.rank_device(opts.device))
     runner = Runner(opts)
@@ -250,5 +368,6 @@ def run(model_names: list[str], dataset_names: list[str], opts: RunOptions, task
     with distributed.process_group(opts.device):
         for spec in models:
             for ref in refs:
-                results.append(runner.zeroshot(spec, ref))
+                for task in tasks:
+                    results.append(TASKS[task](runner, spec, ref))
     return [r for r in results if r is not None]  # empty on torchrun ranks other than 0
