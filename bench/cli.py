@@ -15,7 +15,7 @@ from bench.paths import default_cache_dir, default_data_root
 log = logging.getLogger("bench")
 
 # Feature modules that add their own subcommands: each has `register_cli(subparsers)`.
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("bench.studies.cli",)
 
 RUN_EPILOG = """examples:
   bench run --model demo --dataset digits
