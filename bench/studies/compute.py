@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from bench.metrics import compute_metrics, confusion_matrix, get_metric, per_class_recall
-from bench.zeroshot import class_embeddings, normalize, scores
+from bench.zeroshot import LOGIT_SCALE, class_embeddings, normalize, scores
 
 
 def evaluate(features: torch.Tensor, per_prompt: torch.Tensor, targets: np.ndarray, metric: str) -> dict:
@@ -23,11 +23,19 @@ def predictions(features: torch.Tensor, per_prompt: torch.Tensor) -> np.ndarray:
     return scores(features, class_embeddings(per_prompt)).argmax(dim=1).numpy()
 
 
+def template_logits(features: torch.Tensor, per_prompt: torch.Tensor) -> np.ndarray:
+    """[N, C, T] logits of every template alone, in one matrix product (images are normalised once)."""
+    c, t, d = per_prompt.shape
+    flat = normalize(per_prompt).reshape(c * t, d)
+    return (LOGIT_SCALE * normalize(features) @ flat.T).reshape(-1, c, t).numpy()
+
+
 def per_template(features: torch.Tensor, per_prompt: torch.Tensor, targets: np.ndarray, metric: str) -> list[dict]:
     """{primary, top1} of every template alone (a one-template ensemble, as a one-template prompt set gives)."""
+    logits = template_logits(features, per_prompt)
     out = []
     for t in range(per_prompt.shape[1]):
-        m = evaluate(features, per_prompt[:, t:t + 1], targets, metric)
+        m = compute_metrics(np.ascontiguousarray(logits[:, :, t]), targets, metric)
         out.append({"primary": m["primary"], "top1": m["top1"]})
     return out
 
@@ -60,31 +68,37 @@ def greedy_select(features: torch.Tensor, per_prompt: torch.Tensor, targets: np.
                   max_templates: int | None = None) -> dict:
     """Greedy forward template selection: add the template that most improves the metric, stop when none does.
 
-    Call it with validation data only; the caller scores the selection on test afterwards.
+    Call it with validation data only; the caller scores the selection on test afterwards. Candidates are
+    scored without rebuilding class embeddings: with s_c the sum of the selected unit prompt embeddings of
+    class c, image·normalise(s_c + u_ct) = (image·s_c + image·u_ct) / |s_c + u_ct|, and the norm comes from
+    the prompts' Gram matrix.
     """
     fn = get_metric(metric).fn
-    img = normalize(features)
     unit = normalize(per_prompt)  # [C, T, D]
+    proj = template_logits(features, per_prompt).astype(np.float64)  # [N, C, T] = scale · image·u_ct
+    gram = torch.einsum("csd,ctd->cst", unit, unit).double().numpy()  # [C, T, T]
     n_templates = unit.shape[1]
     limit = n_templates if max_templates is None else min(max_templates, n_templates)
     selected: list[int] = []
-    total = torch.zeros(unit.shape[0], unit.shape[2])
+    acc = np.zeros(proj.shape[:2])  # scale · image·s_c
+    cross = np.zeros((unit.shape[0], n_templates))  # s_c·u_ct
+    norm2 = np.zeros(unit.shape[0])  # |s_c|²
     best = -math.inf
     trace = []
     while len(selected) < limit:
-        cand = []
-        for t in range(n_templates):
-            if t in selected:
-                continue
-            logits = (img @ normalize(total + unit[:, t]).T).numpy()
-            cand.append((float(fn(logits, targets)), -t))
+        denom = np.sqrt(norm2[:, None] + 2 * cross + 1.0)  # |s_c + u_ct| for every candidate t
+        cand = [(float(fn((acc + proj[:, :, t]) / denom[:, t], targets)), -t)
+                for t in range(n_templates) if t not in selected]
         score, neg_t = max(cand)
         if selected and score <= best:
             break
-        selected.append(-neg_t)
-        total = total + unit[:, -neg_t]
+        t = -neg_t
+        selected.append(t)
+        norm2 = norm2 + 2 * cross[:, t] + 1.0
+        acc = acc + proj[:, :, t]
+        cross = cross + gram[:, t, :]
         best = score
-        trace.append({"index": -neg_t, "val_primary": score})
+        trace.append({"index": t, "val_primary": score})
     return {"selected": selected, "val_primary": best, "trace": trace}
 
 
