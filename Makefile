@@ -28,12 +28,14 @@ test: install
 
 bench: install
 	$(BIN)/bench run --model "$(MODELS)" --dataset $(DATASET) --out $(RUNS) $(ARGS)
+	$(if $(filter demo,$(MODEL)),$(BIN)/bench study prompts --model demo --dataset digits --out $(RUNS) && $(BIN)/bench study labels --model demo --dataset digits --variant numerals --out $(RUNS))
 	$(BIN)/bench report $(RUNS) --out $(REPORT)
 
 report: install
 	$(BIN)/bench report $(RUNS) --out $(REPORT)
 
 perf: install
+	$(BIN)/python scripts/perf_study.py
 	$(BIN)/python scripts/perf.py
 
 lint: install

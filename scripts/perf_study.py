@@ -12,7 +12,6 @@ Prints the ratio and writes results/perf/study.json.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile

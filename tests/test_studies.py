@@ -93,7 +93,7 @@ def test_prompt_study_matches_single_template_runs(bench_cli, cache_dir, digits_
     assert g["selected"] and set(g["selected"]) <= set(TEMPLATES)
     assert g["val_source"].startswith("train hold-out")
     overall = json.loads((out / "study-prompts-overall.json").read_text(encoding="utf-8"))
-    assert [t["template"] for t in overall["overall"]["demo"]["templates"]][0] == study["best"]["template"]
+    assert next(t["template"] for t in overall["overall"]["demo"]["templates"]) == study["best"]["template"]
 
 
 def test_second_study_encodes_no_image(bench_cli, cache_dir, digits_root, tmp_path, count_images):
@@ -139,7 +139,7 @@ def test_greedy_selection_never_reads_test_labels(bench_cli, cache_dir, digits_r
 
 def test_label_study_equals_separate_runs(bench_cli, cache_dir, digits_root, tmp_path):
     out = tmp_path / "study"
-    code, stdout, err = bench_cli("study", "labels", *common(cache_dir, digits_root, out, "--variant", "numerals"))
+    code, _stdout, err = bench_cli("study", "labels", *common(cache_dir, digits_root, out, "--variant", "numerals"))
     assert code == 0, err
     study = read(out, "study-labels")
     base = zeroshot(bench_cli, cache_dir, digits_root, tmp_path / "base")
@@ -207,7 +207,7 @@ def test_kitti_negation_variants(bench_cli, cache_dir, tmp_path):
     out = tmp_path / "study"
     args = ("--model", "demo-en", "--dataset", "kitti-distance", "--data-root", root, "--cache-dir", cache_dir,
             "--out", out, "--workers", "0", "--no-progress")
-    code, stdout, err = bench_cli("study", "negation", *args, "--probe-mode", "add")
+    code, _stdout, err = bench_cli("study", "negation", *args, "--probe-mode", "add")
     assert code == 0, err
     study = read(out, "study-negation", "demo-en", "kitti-distance")
     by_name = {v["name"]: v for v in study["variants"]}

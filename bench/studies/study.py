@@ -18,7 +18,7 @@ from bench.features import image_features
 from bench.labels import Labels, label_file, parse_label_file, resolve_labels
 from bench.models import ModelSpec, resolve_model
 from bench.prompts import PromptSet, load_prompt_set
-from bench.runner import DatasetRef, RunOptions, Runner, load_data, resolve_datasets, target_array
+from bench.runner import DatasetRef, Runner, RunOptions, load_data, resolve_datasets, target_array
 from bench.studies import compute
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Study:
         backend = self.runner.backend(spec)
         return {
             "model": spec.name, "dataset": ref.spec.name, "split": test.data.split, "task": task,
-            "language": self.runner.language(spec), "n_samples": int(len(test.targets)),
+            "language": self.runner.language(spec), "n_samples": len(test.targets),
             "n_classes": ref.spec.num_classes, "metric": ref.spec.metric, "limit": self.opts.limit, **extra,
             "cache": {"image_features": test.key, "images_encoded": test.n_encoded},
             "timings": {"image_features_s": round(test.seconds, 3),
@@ -105,7 +105,7 @@ def stratified_holdout(targets: tuple, fraction: float, seed: int) -> list[int]:
     picked: list[int] = []
     for c in sorted(by_class):
         idx = rng.permutation(by_class[c])
-        picked.extend(int(i) for i in idx[:max(1, int(round(len(idx) * fraction)))])
+        picked.extend(int(i) for i in idx[:max(1, round(len(idx) * fraction))])
     return sorted(picked)
 
 
@@ -156,7 +156,7 @@ def prompts_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, greedy: bool =
         test_m = compute.evaluate(test.features, per_prompt[:, idx], test.targets, metric)
         result_greedy = {"selected": [templates[i] for i in idx], "selected_indices": idx,
                          "val_primary": sel["val_primary"], "test_primary": test_m["primary"],
-                         "test_top1": test_m["top1"], "val_source": source, "n_val": int(len(val.targets)),
+                         "test_top1": test_m["top1"], "val_source": source, "n_val": len(val.targets),
                          "seed": seed, "trace": [{**s, "template": templates[s["index"]]} for s in sel["trace"]],
                          "val_images_encoded": val.n_encoded}
     result = {
@@ -213,21 +213,30 @@ def default_variants(spec: ModelSpec, st: Study, ref: DatasetRef) -> list[str | 
     return [None] + (list(parse_label_file(path)[1]) if path.is_file() else [])
 
 
+def single_label_setup(st: Study, spec: ModelSpec, ref: DatasetRef, study: str) -> tuple[PromptSet, Split]:
+    if ref.spec.multilabel:
+        raise BenchError(f"{ref.spec.name} is multi-label; the {study} study needs single-label classes")
+    return st.prompt_set(spec), st.test_split(spec, ref)
+
+
+def labels_result(st: Study, spec: ModelSpec, ref: DatasetRef, ps: PromptSet, test: Split,
+                  arg: str | None) -> tuple[Labels, dict, dict]:
+    """(labels, metrics, per-class recall + confusion) of the classifier built from one label choice."""
+    labels = st.labels(spec, ref, arg)
+    per_prompt = st.weights(spec, ps, ref.spec.name, labels)
+    m = compute.evaluate(test.features, per_prompt, test.targets, ref.spec.metric)
+    rep = compute.class_report(compute.predictions(test.features, per_prompt), test.targets, ref.spec.num_classes)
+    return labels, m, rep
+
+
 def negation_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, variants: list[str] | None = None,
                    probe: bool = True, probe_mode: str = "add", negation: str | None = None) -> dict:
     """Label variants side by side (primary, top1, per-class recall, confusion), and the negation probe."""
     t0 = time.perf_counter()
-    if ref.spec.multilabel:
-        raise BenchError(f"{ref.spec.name} is multi-label; the negation study needs single-label classes")
-    ps = st.prompt_set(spec)
-    test = st.test_split(spec, ref)
-    metric, n_cls = ref.spec.metric, ref.spec.num_classes
+    ps, test = single_label_setup(st, spec, ref, "negation")
     rows = []
     for v in (variants or default_variants(spec, st, ref)):
-        labels = st.labels(spec, ref, v)
-        per_prompt = st.weights(spec, ps, ref.spec.name, labels)
-        m = compute.evaluate(test.features, per_prompt, test.targets, metric)
-        rep = compute.class_report(compute.predictions(test.features, per_prompt), test.targets, n_cls)
+        labels, m, rep = labels_result(st, spec, ref, ps, test, v)
         rows.append({"name": v or "default", "source": labels.description, "labels": list(labels.names),
                      "primary": m["primary"], "top1": m["top1"], **rep})
     result = {**st.header("study-negation", spec, ref, test, t0, ps, prompts=ps.name), "variants": rows}
@@ -274,17 +283,10 @@ def labels_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, variant: str, b
                  top: int = 10) -> dict:
     """A label variant against the baseline labels: primary and per-class accuracy deltas, top movers."""
     t0 = time.perf_counter()
-    if ref.spec.multilabel:
-        raise BenchError(f"{ref.spec.name} is multi-label; the label study needs single-label classes")
-    ps = st.prompt_set(spec)
-    test = st.test_split(spec, ref)
-    metric, n_cls = ref.spec.metric, ref.spec.num_classes
+    ps, test = single_label_setup(st, spec, ref, "label")
     out = {}
     for role, arg in (("baseline", baseline), ("variant", variant)):
-        labels = st.labels(spec, ref, arg)
-        per_prompt = st.weights(spec, ps, ref.spec.name, labels)
-        m = compute.evaluate(test.features, per_prompt, test.targets, metric)
-        rep = compute.class_report(compute.predictions(test.features, per_prompt), test.targets, n_cls)
+        labels, m, rep = labels_result(st, spec, ref, ps, test, arg)
         out[role] = {"labels": labels, "metrics": m, **rep}
     b, v = out["baseline"], out["variant"]
     deltas = compute.label_deltas(list(b["labels"].names), list(v["labels"].names), b["per_class_recall"],
