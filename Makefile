@@ -29,13 +29,14 @@ test: install
 
 bench: install
 	$(BIN)/bench run --model "$(MODELS)" --dataset $(DATASET) --out $(RUNS) $(ARGS)
+	$(if $(filter demo,$(MODEL)),$(BIN)/bench study prompts --model demo --dataset digits --out $(RUNS) && $(BIN)/bench study labels --model demo --dataset digits --variant numerals --out $(RUNS))
 	$(BIN)/bench report $(RUNS) --out $(REPORT) --format $(FORMAT)
 
 report: install
 	$(BIN)/bench report $(RUNS) --out $(REPORT) --format $(FORMAT)
 
 perf: install
-	for s in scripts/perf*.py; do $(BIN)/python $$s || exit 1; done
+	$(BIN)/python scripts/perf.py   # runs every other scripts/perf_*.py too
 
 lint: install
 	$(BIN)/python -m ruff check bench tests scripts

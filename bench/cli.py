@@ -17,6 +17,7 @@ log = logging.getLogger("bench")
 # Feature modules that add their own subcommands: each has `register_cli(subparsers)`.
 EXTENSIONS: tuple[str, ...] = (
     "bench.datasets.commands",
+    "bench.studies.cli",
 )
 
 RUN_EPILOG = """examples:

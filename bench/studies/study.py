@@ -1,0 +1,363 @@
+"""Study runs: cached image features in, text re-encoded (and cached) per prompt set × labels, JSON out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.cache import atomic_write_json, check_writable
+from bench.datasets import elevater
+from bench.datasets.base import SplitData, stratified_limit
+from bench.errors import BenchError
+from bench.features import image_features
+from bench.labels import Labels, label_file, parse_label_file, resolve_labels
+from bench.models import ModelSpec, resolve_model
+from bench.prompts import PromptSet, load_prompt_set
+from bench.runner import DatasetRef, Runner, RunOptions, load_data, resolve_datasets, target_array
+from bench.studies import compute
+
+log = logging.getLogger(__name__)
+
+# How a class name is negated for the probe, per language ("{}" is the class name).
+NEGATION_FORMATS = {"zh": "没有{}", "en": "no {}"}
+
+
+@dataclass
+class Split:
+    """One evaluated split: its data, cached features and targets aligned with the features."""
+
+    data: SplitData
+    features: torch.Tensor
+    targets: np.ndarray
+    key: str
+    n_encoded: int
+    seconds: float
+
+
+class Study:
+    """Shared plumbing for every study: one Runner (caches, backends), one model × dataset at a time."""
+
+    def __init__(self, opts: RunOptions):
+        self.opts = opts
+        self.runner = Runner(opts)
+
+    def split(self, spec: ModelSpec, data: SplitData) -> Split:
+        o = self.opts
+        feats = image_features(self.runner.backend(spec), data, self.runner.features, batch_size=o.batch_size,
+                               workers=o.workers, skip_bad_images=o.skip_bad_images, progress=o.progress)
+        return Split(data, feats.features, target_array(data, feats.indices), feats.key, feats.n_encoded,
+                     feats.seconds)
+
+    def test_split(self, spec: ModelSpec, ref: DatasetRef) -> Split:
+        return self.split(spec, load_data(ref, self.opts.split, self.opts.limit))
+
+    def labels(self, spec: ModelSpec, ref: DatasetRef, arg: str | None) -> Labels:
+        return resolve_labels(arg, ref.spec, self.runner.language(spec), None if arg != "dataset" else
+                              load_data(ref, self.opts.split, None))
+
+    def weights(self, spec: ModelSpec, ps: PromptSet, dataset: str, names: tuple[str, ...] | Labels) -> torch.Tensor:
+        """[C, T, D] prompt embeddings, from the text cache (keyed by model × rendered prompts)."""
+        labels = names if isinstance(names, Labels) else Labels(tuple(names), "study")
+        return self.runner.class_weights(self.runner.backend(spec), ps, dataset, labels)
+
+    def prompt_set(self, spec: ModelSpec, name: str | None = None) -> PromptSet:
+        ps = load_prompt_set(name) if name else self.runner.prompt_set(spec)
+        language = self.runner.language(spec)
+        if ps.language != language:
+            log.warning("prompt set %s is %s but %s is evaluated in %s", ps.name, ps.language, spec.name, language)
+        return ps
+
+    def header(self, task: str, spec: ModelSpec, ref: DatasetRef, test: Split, started: float, ps: PromptSet,
+               **extra) -> dict:
+        backend = self.runner.backend(spec)
+        return {
+            "model": spec.name, "dataset": ref.spec.name, "split": test.data.split, "task": task,
+            "language": self.runner.language(spec), "n_samples": len(test.targets),
+            "n_classes": ref.spec.num_classes, "metric": ref.spec.metric, "limit": self.opts.limit, **extra,
+            "cache": {"image_features": test.key, "images_encoded": test.n_encoded},
+            "timings": {"image_features_s": round(test.seconds, 3),
+                        "total_s": round(time.perf_counter() - started, 3)},
+            "manifest": self.runner.manifest(backend, test.data, ps),
+        }
+
+    def write(self, result: dict) -> Path:
+        folder = self.opts.out / result["model"] / result["dataset"]
+        check_writable(folder, "output directory")
+        path = folder / f"{result['task']}.json"
+        atomic_write_json(path, result)
+        return path
+
+
+# --------------------------------------------------------------------------- validation split
+
+
+def stratified_holdout(targets: tuple, fraction: float, seed: int) -> list[int]:
+    """A seeded hold-out of about `fraction` of each class (at least one sample per class), sorted."""
+    rng = np.random.default_rng(seed)
+    by_class: dict = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(t if isinstance(t, int) else (t[0] if t else -1), []).append(i)
+    picked: list[int] = []
+    for c in sorted(by_class):
+        idx = rng.permutation(by_class[c])
+        picked.extend(int(i) for i in idx[:max(1, round(len(idx) * fraction))])
+    return sorted(picked)
+
+
+def validation_data(ref: DatasetRef, eval_split: str, fraction: float, seed: int,
+                    limit: int | None) -> tuple[SplitData, str]:
+    """The dataset's val folder, else a seeded stratified hold-out of train; never the evaluated split."""
+    if (ref.folder / "val").is_dir():
+        name, data, source = "val", elevater.load_split(ref.spec, ref.folder, "val"), "val"
+    elif (ref.folder / "train").is_dir():
+        train = elevater.load_split(ref.spec, ref.folder, "train")
+        name, source = "train", f"train hold-out ({fraction:.0%}, seed {seed})"
+        data = train.subset(stratified_holdout(train.targets, fraction, seed))
+    else:
+        raise BenchError(f"{ref.folder}: greedy template selection needs a 'val' or 'train' split beside "
+                         f"'{eval_split}'; add one or pass --no-greedy")
+    if name == eval_split:
+        raise BenchError(f"greedy selection would choose templates on the evaluated split '{eval_split}'; "
+                         "evaluate on test or pass --no-greedy")
+    if limit is not None and limit < len(data):
+        data = data.subset(stratified_limit(data.targets, limit))
+    return data, source
+
+
+# --------------------------------------------------------------------------- the studies
+
+
+def prompts_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, greedy: bool = True, val_fraction: float = 0.2,
+                  seed: int = 0, max_templates: int | None = None) -> dict:
+    """Every template alone, their distribution, the ensemble, and greedy selection (val → test)."""
+    t0 = time.perf_counter()
+    ps = st.prompt_set(spec)
+    templates = list(ps.templates_for(ref.spec.name))
+    labels = st.labels(spec, ref, st.opts.labels)
+    test = st.test_split(spec, ref)
+    per_prompt = st.weights(spec, ps, ref.spec.name, labels)
+    metric = ref.spec.metric
+    singles = compute.per_template(test.features, per_prompt, test.targets, metric)
+    primaries = [s["primary"] for s in singles]
+    rk = compute.ranks(primaries)
+    ensemble = compute.evaluate(test.features, per_prompt, test.targets, metric)
+    picks = compute.best_median_worst(templates, primaries)
+    result_greedy = None
+    if greedy:
+        val_data, source = validation_data(ref, st.opts.split, val_fraction, seed, st.opts.limit)
+        val = st.split(spec, val_data)  # selection sees only this split's labels
+        sel = compute.greedy_select(val.features, per_prompt, val.targets, metric, max_templates)
+        idx = sel["selected"]
+        test_m = compute.evaluate(test.features, per_prompt[:, idx], test.targets, metric)
+        result_greedy = {"selected": [templates[i] for i in idx], "selected_indices": idx,
+                         "val_primary": sel["val_primary"], "test_primary": test_m["primary"],
+                         "test_top1": test_m["top1"], "val_source": source, "n_val": len(val.targets),
+                         "seed": seed, "trace": [{**s, "template": templates[s["index"]]} for s in sel["trace"]],
+                         "val_images_encoded": val.n_encoded}
+    result = {
+        **st.header("study-prompts", spec, ref, test, t0, ps, prompts=ps.name, labels=labels.description),
+        "n_templates": len(templates),
+        "templates": [{"template": t, "primary": s["primary"], "top1": s["top1"], "rank": r}
+                      for t, s, r in zip(templates, singles, rk)],
+        "ensemble": {"primary": ensemble["primary"], "top1": ensemble["top1"]},
+        "summary": compute.distribution(primaries),
+        **{k: {"template": v["template"], "primary": v["primary"],
+               "ensemble_minus": ensemble["primary"] - v["primary"]} for k, v in picks.items()},
+        "greedy": result_greedy,
+    }
+    result["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def sets_study(st: Study, spec: ModelSpec, ref: DatasetRef, sets: list[str]) -> dict:
+    """Each prompt set's ensemble on the same features, deltas against the first set, and their union."""
+    t0 = time.perf_counter()
+    if len(sets) < 2:
+        raise BenchError("bench study sets needs two or more sets (--sets A B ...)")
+    labels = st.labels(spec, ref, st.opts.labels)
+    test = st.test_split(spec, ref)
+    rows, union_cols, seen, sets_loaded = [], [], set(), []
+    for name in sets:
+        ps = st.prompt_set(spec, name)
+        sets_loaded.append(ps)
+        templates = ps.templates_for(ref.spec.name)
+        per_prompt = st.weights(spec, ps, ref.spec.name, labels)
+        m = compute.evaluate(test.features, per_prompt, test.targets, ref.spec.metric)
+        rows.append({"name": ps.name, "path": ps.path, "n_templates": len(templates), "primary": m["primary"],
+                     "top1": m["top1"]})
+        for i, t in enumerate(templates):
+            if t not in seen:  # a template shared by two sets counts once in the union
+                seen.add(t)
+                union_cols.append(per_prompt[:, i])
+    for r in rows:
+        r["delta"] = r["primary"] - rows[0]["primary"]
+    union = compute.evaluate(test.features, torch.stack(union_cols, dim=1), test.targets, ref.spec.metric)
+    result = {
+        **st.header("study-sets", spec, ref, test, t0, sets_loaded[0], labels=labels.description),
+        "sets": rows, "baseline_set": rows[0]["name"],
+        "union": {"n_templates": len(union_cols), "primary": union["primary"], "top1": union["top1"],
+                  "delta": union["primary"] - rows[0]["primary"]},
+    }
+    result["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def default_variants(spec: ModelSpec, st: Study, ref: DatasetRef) -> list[str | None]:
+    """The default labels and every named variant of the dataset's label file."""
+    path = label_file(st.runner.language(spec), ref.spec.name)
+    return [None] + (list(parse_label_file(path)[1]) if path.is_file() else [])
+
+
+def single_label_setup(st: Study, spec: ModelSpec, ref: DatasetRef, study: str) -> tuple[PromptSet, Split]:
+    if ref.spec.multilabel:
+        raise BenchError(f"{ref.spec.name} is multi-label; the {study} study needs single-label classes")
+    return st.prompt_set(spec), st.test_split(spec, ref)
+
+
+def labels_result(st: Study, spec: ModelSpec, ref: DatasetRef, ps: PromptSet, test: Split,
+                  arg: str | None) -> tuple[Labels, dict, dict]:
+    """(labels, metrics, per-class recall + confusion) of the classifier built from one label choice."""
+    labels = st.labels(spec, ref, arg)
+    per_prompt = st.weights(spec, ps, ref.spec.name, labels)
+    m = compute.evaluate(test.features, per_prompt, test.targets, ref.spec.metric)
+    rep = compute.class_report(compute.predictions(test.features, per_prompt), test.targets, ref.spec.num_classes)
+    return labels, m, rep
+
+
+def negation_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, variants: list[str] | None = None,
+                   probe: bool = True, probe_mode: str = "add", negation: str | None = None) -> dict:
+    """Label variants side by side (primary, top1, per-class recall, confusion), and the negation probe."""
+    t0 = time.perf_counter()
+    ps, test = single_label_setup(st, spec, ref, "negation")
+    rows = []
+    for v in (variants or default_variants(spec, st, ref)):
+        labels, m, rep = labels_result(st, spec, ref, ps, test, v)
+        rows.append({"name": v or "default", "source": labels.description, "labels": list(labels.names),
+                     "primary": m["primary"], "top1": m["top1"], **rep})
+    result = {**st.header("study-negation", spec, ref, test, t0, ps, prompts=ps.name), "variants": rows}
+    if probe:
+        result["probe"] = negation_probe(st, spec, ref, ps, test, probe_mode, negation)
+    result["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def negation_probe(st: Study, spec: ModelSpec, ref: DatasetRef, ps: PromptSet, test: Split, mode: str,
+                   negation: str | None) -> dict:
+    """For each class X, put "no X" among the classes and count images of X that pick it.
+
+    mode "add": "no X" is an extra class C; mode "replace": it takes the place of class (X + 1) mod C.
+    """
+    language = st.runner.language(spec)
+    fmt = negation or NEGATION_FORMATS[language]
+    if "{}" not in fmt:
+        raise BenchError(f"--negation {fmt!r} must contain {{}} where the class name goes (e.g. 'no {{}}')")
+    base = st.labels(spec, ref, st.opts.labels)
+    n_cls = len(base.names)
+    neg_names = tuple(fmt.format(x) for x in base.names)
+    base_w = st.weights(spec, ps, ref.spec.name, base)
+    neg_w = st.weights(spec, ps, ref.spec.name, neg_names)  # all negations in one text pass
+    preds, where = {}, {}
+    for x in range(n_cls):
+        if mode == "add":
+            w, where[x] = torch.cat([base_w, neg_w[x:x + 1]]), n_cls
+        else:
+            where[x] = (x + 1) % n_cls
+            w = base_w.clone()
+            w[where[x]] = neg_w[x]
+        preds[x] = compute.predictions(test.features, w)
+    rates = compute.negation_rates(preds, test.targets, where)
+    for row in rates["classes"]:
+        row["class"] = base.names[row["index"]]
+        row["negation"] = neg_names[row["index"]]
+        if mode == "replace":
+            row["replaced"] = base.names[where[row["index"]]]
+    return {"mode": mode, "format": fmt, "labels": base.description, **rates}
+
+
+def labels_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, variant: str, baseline: str | None = None,
+                 top: int = 10) -> dict:
+    """A label variant against the baseline labels: primary and per-class accuracy deltas, top movers."""
+    t0 = time.perf_counter()
+    ps, test = single_label_setup(st, spec, ref, "label")
+    out = {}
+    for role, arg in (("baseline", baseline), ("variant", variant)):
+        labels, m, rep = labels_result(st, spec, ref, ps, test, arg)
+        out[role] = {"labels": labels, "metrics": m, **rep}
+    b, v = out["baseline"], out["variant"]
+    deltas = compute.label_deltas(list(b["labels"].names), list(v["labels"].names), b["per_class_recall"],
+                                  v["per_class_recall"], top)
+    result = {
+        **st.header("study-labels", spec, ref, test, t0, ps, prompts=ps.name),
+        "baseline": b["labels"].description, "variant": v["labels"].description,
+        "primary": {"baseline": b["metrics"]["primary"], "variant": v["metrics"]["primary"],
+                    "delta": v["metrics"]["primary"] - b["metrics"]["primary"]},
+        "top1": {"baseline": b["metrics"]["top1"], "variant": v["metrics"]["top1"],
+                 "delta": v["metrics"]["top1"] - b["metrics"]["top1"]},
+        **deltas,
+    }
+    result["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+STUDIES = {"prompts": prompts_study, "sets": sets_study, "negation": negation_study, "labels": labels_study}
+
+
+# --------------------------------------------------------------------------- across models × datasets
+
+
+def prompts_overall(results: list[dict]) -> dict:
+    """Templates ranked over datasets (per model), and rank agreement across datasets and across models.
+
+    Only results that share the exact template list are compared.
+    """
+    by_model: dict[str, dict[str, list[float]]] = {}
+    by_dataset: dict[str, dict[str, list[float]]] = {}
+    templates_of: dict[tuple, list[str]] = {}
+    for r in results:
+        ts = [t["template"] for t in r["templates"]]
+        templates_of[(r["model"], r["dataset"])] = ts
+        by_model.setdefault(r["model"], {})[r["dataset"]] = [t["primary"] for t in r["templates"]]
+        by_dataset.setdefault(r["dataset"], {})[r["model"]] = [t["primary"] for t in r["templates"]]
+    overall, across_datasets, across_models = {}, {}, {}
+    for model, per_ds in by_model.items():
+        first = next(iter(per_ds))
+        same = {d: v for d, v in per_ds.items() if templates_of[(model, d)] == templates_of[(model, first)]}
+        overall[model] = {"datasets": sorted(same),
+                          "templates": compute.overall_ranking(templates_of[(model, first)], same)}
+        if len(same) > 1:
+            across_datasets[model] = compute.rank_agreement(same)
+    for dataset, per_model in by_dataset.items():
+        first = next(iter(per_model))
+        same = {m: v for m, v in per_model.items() if templates_of[(m, dataset)] == templates_of[(first, dataset)]}
+        if len(same) > 1:
+            across_models[dataset] = compute.rank_agreement(same)
+    return {"task": "study-prompts-overall", "models": sorted(by_model), "datasets": sorted(by_dataset),
+            "overall": overall, "agreement": {"datasets": across_datasets, "models": across_models}}
+
+
+def run_study(kind: str, model_names: list[str], dataset_names: list[str], opts: RunOptions, **kwargs) -> list[dict]:
+    """Resolve names first (fail fast), then run the study for each model × dataset and write its JSON."""
+    if kind not in STUDIES:
+        raise BenchError(f"unknown study '{kind}'; available: {', '.join(STUDIES)}")
+    models = [resolve_model(m) for m in model_names]
+    refs, missing = resolve_datasets(dataset_names, opts.data_root)
+    for note in missing:
+        log.warning("skipping %s", note)
+    if not refs:
+        raise BenchError(f"no datasets to study under {opts.data_root}")
+    check_writable(opts.out, "output directory")
+    st = Study(opts)
+    results = []
+    for spec in models:
+        for ref in refs:
+            result = STUDIES[kind](st, spec, ref, **kwargs)
+            st.write(result)
+            results.append(result)
+    if kind == "prompts":
+        atomic_write_json(opts.out / "study-prompts-overall.json", prompts_overall(results))
+    return results
