@@ -15,7 +15,9 @@ from bench.paths import default_cache_dir, default_data_root
 log = logging.getLogger("bench")
 
 # Feature modules that add their own subcommands: each has `register_cli(subparsers)`.
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = (
+    "bench.authoring.cli",
+)
 
 RUN_EPILOG = """examples:
   bench run --model demo --dataset digits
