@@ -1,0 +1,1 @@
+"""Authoring prompt sets and label translations: scaffold, lint, measure (`bench prompts|labels ...`)."""

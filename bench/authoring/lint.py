@@ -1,0 +1,419 @@
+"""Lint prompt sets and label files: one finding per problem, `file:line: level: message`.
+
+Linting never stops at the first problem (unlike loading for a run): every template and label is
+checked so an author sees the whole list at once. All checks are pure functions of the parsed
+file and, optionally, a tokenizer (`TextChecker`, which every `Backend` is).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import jinja2
+import jinja2.meta
+import yaml
+
+from bench.backends.base import TextCheck
+from bench.errors import BenchError
+from bench.prompts import ALLOWED_KEYS, environment, template_lines
+
+ERROR, WARNING = "error", "warning"
+HAN_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
+LATIN_RE = re.compile(r"[A-Za-z]")
+# Rendered in place of the label when a template is inspected on its own: a private-use
+# character survives punctuation stripping and contains neither Han nor Latin letters.
+SENTINEL = "\ue000"
+SAMPLE_LABEL = {"en": "dog", "zh": "狗"}
+
+
+class TextChecker(Protocol):
+    """Anything that tokenizes like a model (every Backend does)."""
+
+    def check_text(self, text: str) -> TextCheck: ...
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    line: int
+    level: str  # "error" or "warning"
+    message: str
+
+    def format(self) -> str:
+        return f"{self.path}:{self.line}: {self.level}: {self.message}"
+
+
+def normalize_text(text: str) -> str:
+    """Comparison key: NFKC (full-width → half-width), case-folded, without whitespace or punctuation.
+
+    Covers Chinese punctuation too (，。！？、“”《》 are Unicode P* categories), so '一张猫的照片。' and
+    '一张 猫的照片' compare equal.
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in text if not (ch.isspace() or unicodedata.category(ch)[0] in "PZ"))
+
+
+def has_han(text: str) -> bool:
+    return bool(HAN_RE.search(text))
+
+
+def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
+    """Errors first, then warnings; each in file/line order."""
+    return sorted(findings, key=lambda f: (f.level != ERROR, f.path, f.line))
+
+
+def format_findings(findings: list[Finding]) -> str:
+    """Errors, then warnings, then a one-line summary."""
+    errors = [f for f in findings if f.level == ERROR]
+    warnings = [f for f in findings if f.level == WARNING]
+    lines = [f.format() for f in errors] + [f.format() for f in warnings]
+    lines.append(f"{len(errors)} error(s), {len(warnings)} warning(s)")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> tuple[object, str, list[Finding]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BenchError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{path}: cannot read file ({exc})") from None
+    try:
+        return yaml.safe_load(text), text, []
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        return None, text, [Finding(str(path), mark.line + 1 if mark else 1, ERROR, f"invalid YAML: {problem}")]
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """1-based line of each top-level key."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        return {}
+    return {str(k.value): k.start_mark.line + 1 for k, _ in root.value}
+
+
+# -- prompt sets ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Template:
+    """One template of a prompt set, where it is, and (if it compiled) the jinja2 object."""
+
+    group: str  # "templates" or the per_dataset dataset name
+    index: int
+    source: str
+    line: int
+    compiled: jinja2.Template | None
+
+
+def _compile(source, path: str, line: int) -> tuple[jinja2.Template | None, list[Finding]]:
+    env = environment()
+    if not isinstance(source, str) or not source.strip():
+        return None, [Finding(path, line, ERROR, f"template must be a non-empty string, got {source!r}")]
+    try:
+        ast = env.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        return None, [Finding(path, line + max(0, (exc.lineno or 1) - 1), ERROR,
+                              f"jinja2 syntax error: {exc.message}: {source!r}")]
+    names = jinja2.meta.find_undeclared_variables(ast)
+    findings = []
+    if "label" not in names:
+        findings.append(Finding(path, line, ERROR, f"template has no {{{{ label }}}}: {source!r}"))
+    if names - {"label"}:
+        findings.append(Finding(path, line, ERROR, f"undefined variable(s) {', '.join(sorted(names - {'label'}))} "
+                                f"(only {{{{ label }}}} is available): {source!r}"))
+    if findings:
+        return None, findings
+    template = env.from_string(source)
+    try:
+        template.render(label=SENTINEL)
+    except jinja2.TemplateError as exc:  # includes the sandbox's SecurityError
+        return None, [Finding(path, line, ERROR, f"cannot render: {exc}: {source!r}")]
+    return template, []
+
+
+def _duplicates(templates: list[Template], path: str) -> list[Finding]:
+    findings = []
+    exact: dict[str, Template] = {}
+    near: dict[str, Template] = {}
+    for t in templates:
+        rendered = t.compiled.render(label=SENTINEL)
+        if rendered in exact:
+            findings.append(Finding(path, t.line, ERROR, f"duplicate template {t.source!r} (same text as line "
+                                    f"{exact[rendered].line}); it would count twice in the ensemble"))
+            continue
+        exact[rendered] = t
+        key = normalize_text(rendered)
+        if key in near:
+            findings.append(Finding(path, t.line, WARNING, f"template {t.source!r} differs from line "
+                                    f"{near[key].line} ({near[key].source!r}) only in whitespace or punctuation"))
+        else:
+            near[key] = t
+    return findings
+
+
+def _language(templates: list[Template], language: str, path: str, set_line: int) -> list[Finding]:
+    findings = []
+    own_text = {id(t): t.compiled.render(label=SENTINEL).replace(SENTINEL, "") for t in templates}
+    for t in templates:
+        text = own_text[id(t)]
+        if language == "en" and has_han(text):
+            findings.append(Finding(path, t.line, ERROR, f"Chinese characters in an English (en) set: {t.source!r}"))
+        elif language == "zh" and LATIN_RE.search(text) and not has_han(text):
+            findings.append(Finding(path, t.line, ERROR, f"template looks English (no Chinese characters) "
+                                    f"in a Chinese (zh) set: {t.source!r}"))
+    if language == "zh" and templates and not any(has_han(own_text[id(t)]) for t in templates):
+        findings.append(Finding(path, set_line, ERROR, "language is zh but no template contains Chinese "
+                                "characters; set `language: en` or translate the templates"))
+    return findings
+
+
+def _labels_for(group: str, language: str, datasets: tuple[str, ...], path: str,
+                line: int) -> tuple[list[tuple[str, list[str]]], list[Finding]]:
+    """(source, names) pairs to render a group's templates with, for tokenizer checks."""
+    from bench.datasets.registry import find_dataset
+    from bench.labels import label_file, parse_label_file
+
+    wanted = (group,) if group != "templates" else datasets
+    out, findings = [], []
+    for name in wanted:
+        spec = find_dataset(name)
+        if spec is None:
+            findings.append(Finding(path, line, WARNING, f"'{name}' is not a registered dataset; "
+                                    "checked with a sample label only"))
+            continue
+        file = label_file(language, spec.name)
+        if not file.is_file():
+            findings.append(Finding(path, line, WARNING, f"no {language} labels for {spec.name} ({file}); "
+                                    "checked with a sample label only"))
+            continue
+        names, variants = parse_label_file(file)
+        all_names = list(dict.fromkeys([*names, *(n for v in variants.values() for n in v.values())]))
+        out.append((f"{spec.name} labels", all_names))
+    if not out:
+        out.append(("sample label", [SAMPLE_LABEL[language]]))
+    return out, findings
+
+
+class MemoChecker:
+    """Caches `check_text` per text: shared templates meet the same labels in every group."""
+
+    def __init__(self, checker: TextChecker):
+        self.checker = checker
+        self.memo: dict[str, TextCheck] = {}
+
+    def check_text(self, text: str) -> TextCheck:
+        if text not in self.memo:
+            self.memo[text] = self.checker.check_text(text)
+        return self.memo[text]
+
+
+# Token counts of `template(label)` and `template(sample) - sample + label` differ by merges at the
+# two boundaries only; prompts estimated within this margin of the context length are checked exactly.
+TRUNCATION_MARGIN = 8
+
+
+def _tokenizer_findings(t: Template, language: str, label_sets: list[tuple[str, list[str]]],
+                        checker: MemoChecker, path: str) -> list[Finding]:
+    """[UNK] in the template's own text, and prompts cut at the context length (with every label)."""
+    findings = []
+    sample = SAMPLE_LABEL[language]
+    base = checker.check_text(t.compiled.render(label=sample))
+    sample_check = checker.check_text(sample)
+    if len(base.unknown) > len(sample_check.unknown):  # the sample label's own [UNK] is not the template's
+        findings.append(Finding(path, t.line, ERROR, f"[UNK] tokens {list(base.unknown)} in {t.source!r}; "
+                                "the model cannot see those characters"))
+    sample_n = sample_check.n_tokens
+    truncated, n_total = [], 0
+    for _, names in label_sets:
+        for name in names:
+            n_total += 1
+            estimate = base.n_tokens - sample_n + checker.check_text(name).n_tokens
+            if estimate <= base.context_length - TRUNCATION_MARGIN:
+                continue
+            text = t.compiled.render(label=name)
+            check = checker.check_text(text)
+            if check.truncated:
+                truncated.append((text, check))
+    if truncated:
+        text, check = max(truncated, key=lambda x: x[1].n_tokens)
+        sources = (", ".join(s for s, _ in label_sets) if len(label_sets) <= 3
+                   else f"labels of {len(label_sets)} datasets")
+        findings.append(Finding(path, t.line, ERROR, f"truncated by the tokenizer in {len(truncated)} of {n_total} "
+                                f"prompts ({sources}), longest {check.n_tokens} tokens > context length "
+                                f"{check.context_length}: {text!r}"))
+    return findings
+
+
+def _label_unknown(label_sets: list[tuple[str, list[str]]], checker: MemoChecker, path: str,
+                   line: int) -> list[Finding]:
+    """Labels the tokenizer maps to [UNK]: the label file's problem, so a warning here."""
+    findings = []
+    for source, names in label_sets:
+        bad = [n for n in names if checker.check_text(n).unknown]
+        if bad:
+            findings.append(Finding(path, line, WARNING, f"{len(bad)} of the {source} map to [UNK] under this "
+                                    f"tokenizer ({', '.join(map(repr, bad[:5]))}{' …' if len(bad) > 5 else ''}); "
+                                    "check them with `bench labels lint --model`"))
+    return findings
+
+
+def lint_prompt_file(path: Path, checker: TextChecker | None = None, datasets: tuple[str, ...] = ()) -> list[Finding]:
+    """Every problem in a prompt-set file. With a `checker`, prompts are tokenized: rendered with each
+    per_dataset group's labels, `datasets`' labels for shared templates, or else a sample label."""
+    path = Path(path)
+    p = str(path)
+    data, text, findings = _read_yaml(path)
+    if findings:
+        return findings
+    if not isinstance(data, dict):
+        return [Finding(p, 1, ERROR, "a prompt set is a mapping with name, language and templates")]
+    keys = _key_lines(text)
+    extra = set(map(str, data)) - ALLOWED_KEYS
+    findings += [Finding(p, keys.get(k, 1), ERROR, f"unknown key '{k}'; allowed: {', '.join(sorted(ALLOWED_KEYS))}")
+                 for k in sorted(extra)]
+    language = data.get("language")
+    if language not in ("en", "zh"):
+        findings.append(Finding(p, keys.get("language", 1), ERROR, f"language must be 'en' or 'zh', got {language!r}"))
+        language = None
+    if "name" not in data:
+        findings.append(Finding(p, 1, WARNING, f"no `name:`; the set will be called '{path.stem}'"))
+    raw_templates = data.get("templates") or []
+    per_dataset = data.get("per_dataset") or {}
+    if not isinstance(raw_templates, list):
+        findings.append(Finding(p, keys.get("templates", 1), ERROR, "templates must be a list of strings"))
+        raw_templates = []
+    if not isinstance(per_dataset, dict):
+        findings.append(Finding(p, keys.get("per_dataset", 1), ERROR, "per_dataset must map dataset names to lists"))
+        per_dataset = {}
+    lines = template_lines(path, text)
+    memo = MemoChecker(checker) if checker is not None else None
+    groups: dict[str, list] = {"templates": raw_templates} if raw_templates else {}
+    for ds, seq in per_dataset.items():
+        if not isinstance(seq, list) or not seq:
+            findings.append(Finding(p, keys.get("per_dataset", 1), ERROR,
+                                    f"per_dataset.{ds} must be a non-empty list of templates"))
+            continue
+        groups[str(ds)] = seq
+    if not groups:
+        findings.append(Finding(p, 1, ERROR, "no templates: add a `templates:` list (or `per_dataset:`)"))
+    for group, seq in groups.items():
+        compiled: list[Template] = []
+        for i, src in enumerate(seq):
+            key = ("templates", i) if group == "templates" else ("per_dataset", group, i)
+            line = lines.get(key, keys.get(group if group == "templates" else "per_dataset", 1))
+            tpl, errs = _compile(src, p, line)
+            findings += errs
+            if tpl is not None:
+                compiled.append(Template(group, i, src, line, tpl))
+        findings += _duplicates(compiled, p)
+        if language is not None:
+            group_line = compiled[0].line if compiled else 1
+            findings += _language(compiled, language, p, keys.get("language", group_line))
+            if checker is not None:
+                label_sets, notes = _labels_for(group, language, datasets, p, group_line)
+                findings += notes + _label_unknown(label_sets, memo, p, group_line)
+                for t in compiled:
+                    findings += _tokenizer_findings(t, language, label_sets, memo, p)
+    return sort_findings(findings)
+
+
+# -- label files ---------------------------------------------------------------------------------
+
+def _label_lines(text: str) -> tuple[list[int], dict[str, dict[int, int]], dict[str, int]]:
+    """Lines of labels[i], of variants[name][index], and of each variant's name."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return [], {}, {}
+    labels, variants, vnames = [], {}, {}
+    if not isinstance(root, yaml.MappingNode):
+        return labels, variants, vnames
+    for key, value in root.value:
+        if key.value == "labels" and isinstance(value, yaml.SequenceNode):
+            labels = [n.start_mark.line + 1 for n in value.value]
+        elif key.value == "variants" and isinstance(value, yaml.MappingNode):
+            for vkey, mapping in value.value:
+                vnames[str(vkey.value)] = vkey.start_mark.line + 1
+                if isinstance(mapping, yaml.MappingNode):
+                    variants[str(vkey.value)] = {int(k.value): k.start_mark.line + 1 for k, _ in mapping.value
+                                                 if str(k.value).lstrip("-").isdigit()}
+    return labels, variants, vnames
+
+
+def _name_duplicates(names: tuple[str, ...], lines: list[int], path: str, where: str) -> list[Finding]:
+    findings = []
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        key = normalize_text(name)
+        line = lines[i] if i < len(lines) else 1
+        if key in seen:
+            j = seen[key]
+            how = "the same name" if names[j] == name else "the same name up to case, whitespace or punctuation"
+            findings.append(Finding(path, line, ERROR, f"{where}class {i} {name!r} and class {j} {names[j]!r} have "
+                                    f"{how}: their class embeddings would (nearly) coincide"))
+        else:
+            seen[key] = i
+    return findings
+
+
+def lint_label_file(path: Path, dataset: str | None = None, checker: TextChecker | None = None,
+                    language: str | None = None) -> list[Finding]:
+    """Every problem in a label file: class count vs the registry, duplicates (per variant too),
+    Chinese in an English file (Latin in a Chinese file is normal: model numbers, codes), and with a `checker` names the tokenizer maps to [UNK] or truncates."""
+    from bench.datasets.registry import find_dataset
+    from bench.labels import parse_label_file
+
+    path = Path(path)
+    p = str(path)
+    _, text, findings = _read_yaml(path)
+    if findings:
+        return findings
+    try:
+        names, variants = parse_label_file(path)
+    except BenchError as exc:
+        msg = str(exc)
+        return [Finding(p, 1, ERROR, msg[len(p) + 2:] if msg.startswith(p + ": ") else msg)]
+    label_lines, variant_lines, vname_lines = _label_lines(text)
+    language = language or (path.parent.name if path.parent.name in ("en", "zh") else None)
+    name = dataset or path.stem
+    spec = find_dataset(name)
+    if spec is None:
+        findings.append(Finding(p, 1, WARNING, f"'{name}' is not a registered dataset, so the class count is "
+                                "not checked; pass --dataset NAME"))
+    elif len(names) != spec.num_classes:
+        findings.append(Finding(p, 1, ERROR, f"{len(names)} class names, but dataset {spec.name} has "
+                                f"{spec.num_classes} classes; list one name per class in index order"))
+    findings += _name_duplicates(names, label_lines, p, "")
+    for vname, mapping in variants.items():
+        merged = tuple(mapping.get(i, n) for i, n in enumerate(names))
+        lines = [variant_lines.get(vname, {}).get(i, label_lines[i] if i < len(label_lines) else 1)
+                 for i in range(len(names))]
+        findings += _name_duplicates(merged, lines, p, f"variant '{vname}': ")
+        same = [i for i, n in mapping.items() if n == names[i]]
+        for i in same:
+            findings.append(Finding(p, variant_lines.get(vname, {}).get(i, vname_lines.get(vname, 1)), WARNING,
+                                    f"variant '{vname}' sets class {i} to its default name {names[i]!r}"))
+    entries = [(i, n, label_lines[i] if i < len(label_lines) else 1) for i, n in enumerate(names)]
+    entries += [(i, n, variant_lines.get(v, {}).get(i, vname_lines.get(v, 1)))
+                for v, m in variants.items() for i, n in m.items()]
+    for i, n, line in entries:
+        if language == "en" and has_han(n):
+            findings.append(Finding(p, line, ERROR, f"class {i} {n!r}: Chinese characters in an English label file"))
+        if checker is not None:
+            check = checker.check_text(n)
+            if check.unknown:
+                findings.append(Finding(p, line, ERROR, f"class {i} {n!r} tokenizes to [UNK] "
+                                        f"({len(check.unknown)} unknown token(s)); the model cannot see it"))
+            if check.truncated:
+                findings.append(Finding(p, line, ERROR, f"class {i} {n!r} is {check.n_tokens} tokens, over the "
+                                        f"context length {check.context_length}"))
+    return sort_findings(findings)

@@ -1,0 +1,90 @@
+"""`bench prompts new`: a documented prompt-set YAML file to start from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.cache import atomic_write_bytes
+from bench.errors import BenchError
+from bench.prompts import NAME_RE, load_prompt_set, parse_prompt_set
+
+STARTERS = {
+    "en": ["a photo of a {{ label }}.", "a blurry photo of a {{ label }}.", "a close-up photo of a {{ label }}."],
+    "zh": ["一张{{ label }}的照片。", "一张{{ label }}的模糊照片。", "一张{{ label }}的特写照片。"],
+}
+
+HEADER = """\
+# Prompt set `{name}` ({language}) — scaffolded by `bench prompts new`.
+#
+# Format (see README, "Authoring a prompt set"):
+#   name:        the set's name; results record it, and `--prompts {name}` finds it once the file
+#                is under prompts/ (or pass the file path: `--prompts path/to/{name}.yaml`).
+#   language:    en or zh. Labels are taken in this language; `bench prompts lint` checks
+#                that the templates are written in it.
+#   templates:   a list of jinja2 templates, one per prompt. `{{{{ label }}}}` is replaced by the class
+#                name; no other variable exists and the sandbox blocks Python internals. Each class
+#                embedding is the normalised mean over all templates, so every template counts equally:
+#                avoid duplicates, including ones that differ only in spaces or punctuation.
+#   per_dataset: optional, instead of (or as well as) templates: {{dataset name: [templates]}};
+#                a dataset listed here uses its own list, every other dataset uses `templates`.
+#   description: optional, one line on where the templates come from.
+#
+# Quote every template ("...") so YAML leaves punctuation such as ':' and '#' alone.
+# Next steps:
+#   bench prompts lint {file} --model MODEL          # errors with file:line, exit 1 on errors
+#   bench prompts eval {file} --model MODEL --dataset DATASET   # accuracy per template vs the baseline
+"""
+
+
+def _yaml_str(text: str) -> str:
+    # JSON strings are valid YAML double-quoted scalars; keep Chinese readable.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def scaffold_text(name: str, language: str, file: str, source_set: str | None = None) -> str:
+    """The YAML text of a new prompt set, optionally starting from the templates of `source_set`."""
+    lines = [HEADER.format(name=name, language=language, file=file).rstrip("\n"),
+             f"name: {name}", f"language: {language}"]
+    if source_set is None:
+        lines.append(_yaml_str_line("description", f"TODO: where these {language} templates come from"))
+        lines.append("templates:")
+        lines += [f"  - {_yaml_str(t)}" for t in STARTERS[language]]
+        return "\n".join(lines) + "\n"
+    ps = load_prompt_set(source_set)
+    note = f"started from {ps.name} ({ps.language})"
+    if ps.language != language:
+        note += f"; TODO: translate these {ps.language} templates into {language} (lint lists the untranslated ones)"
+    lines.append(_yaml_str_line("description", note))
+    if ps.templates:
+        lines.append("templates:")
+        lines += [f"  - {_yaml_str(t)}" for t in ps.templates]
+    if ps.per_dataset:
+        lines.append("per_dataset:")
+        for ds, templates in ps.per_dataset.items():
+            lines.append(f"  {ds}:")
+            lines += [f"    - {_yaml_str(t)}" for t in templates]
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_str_line(key: str, value: str) -> str:
+    return f"{key}: {_yaml_str(value)}"
+
+
+def new_prompt_set(name: str, language: str, out_dir: Path, source_set: str | None = None) -> Path:
+    """Write `<out_dir>/<name>.yaml`; never overwrites an existing file."""
+    if not NAME_RE.match(name):
+        raise BenchError(f"invalid prompt set name '{name}': use letters, digits, '.', '_' and '-'")
+    if language not in STARTERS:
+        raise BenchError(f"language must be one of {', '.join(STARTERS)}, got '{language}'")
+    path = Path(out_dir) / f"{name}.yaml"
+    if path.exists():
+        raise BenchError(f"{path} already exists; pick another name or --out folder (it is never overwritten)")
+    text = scaffold_text(name, language, str(path), source_set)
+    atomic_write_bytes(path, text.encode("utf-8"))
+    try:
+        parse_prompt_set(path)  # the scaffold must load as written
+    except BenchError:
+        path.unlink()
+        raise
+    return path
