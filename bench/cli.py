@@ -16,11 +16,9 @@ log = logging.getLogger("bench")
 
 # Feature modules that add their own subcommands: each has `register_cli(subparsers)`.
 EXTENSIONS: tuple[str, ...] = (
-EXTENSIONS: tuple[str, ...] = (
     "bench.datasets.commands",
     "bench.studies.cli",
     "bench.authoring.cli",
-)
 )
 
 RUN_EPILOG = """examples:

@@ -28,7 +28,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.cache import atomic_write_json
+from bench.cache import atomic_write_json  # noqa: E402 (after the sys.path insert)
 
 OUT = ROOT / "results" / "perf"
 PERF_VENV = ROOT / ".venv-perf"
@@ -97,7 +97,8 @@ def save_model(folder: Path, arch: str | dict) -> Path:
 def bench_run(model: str, dataset: Path, cache: Path, out: Path, *, batch: int, workers: int, threads: int,
               prompts: str | None = None) -> tuple[dict, float]:
     cmd = [sys.executable, "-m", "bench", "-q", "run", "--model", model, "--dataset", str(dataset), "--cache-dir",
-           str(cache), "--out", str(out), "--batch-size", str(batch), "--workers", str(workers), "--no-progress", "--labels", "dataset"]
+           str(cache), "--out", str(out), "--batch-size", str(batch), "--workers", str(workers), "--no-progress",
+           "--labels", "dataset"]
     if prompts:
         cmd += ["--prompts", prompts]
     start = time.perf_counter()

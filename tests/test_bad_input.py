@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 MODEL_YAMLS = {
     "open_clip": "name: oc-missing\nbackend: open_clip\nmodel: RN50-quickgelu\npretrained: openai\nlanguage: en\n",
@@ -140,8 +139,8 @@ def test_language_neutral_labels_are_accepted(run, tmp_path):
 ])
 def test_prompt_files(run, tmp_path, cache_dir, template, expect):
     path = tmp_path / "prompts.yaml"
-    path.write_text("name: bad\nlanguage: zh\ntemplates:\n  - \"{{ label }}的照片\"\n  - " + json.dumps(template, ensure_ascii=False)
-                    + "\n", encoding="utf-8")
+    head = "name: bad\nlanguage: zh\ntemplates:\n  - \"{{ label }}的照片\"\n  - "
+    path.write_text(head + json.dumps(template, ensure_ascii=False) + "\n", encoding="utf-8")
     code, _, err = run("--prompts", path)
     assert_clean_failure(code, err, tmp_path, cache_dir, expect=expect)
 

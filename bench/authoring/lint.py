@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 import jinja2
 import jinja2.meta
@@ -368,7 +369,8 @@ def _name_duplicates(names: tuple[str, ...], lines: list[int], path: str, where:
 def lint_label_file(path: Path, dataset: str | None = None, checker: TextChecker | None = None,
                     language: str | None = None) -> list[Finding]:
     """Every problem in a label file: class count vs the registry, duplicates (per variant too),
-    Chinese in an English file (Latin in a Chinese file is normal: model numbers, codes), and with a `checker` names the tokenizer maps to [UNK] or truncates."""
+    Chinese in an English file (Latin in a Chinese file is normal: model numbers, codes), and with a
+    `checker` names the tokenizer maps to [UNK] or truncates."""
     from bench.datasets.registry import find_dataset
     from bench.labels import parse_label_file
 
