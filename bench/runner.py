@@ -138,6 +138,17 @@ def result_header(spec: ModelSpec, ref: DatasetRef, data: SplitData, task: str, 
     return {"model": spec.name, "dataset": ref.spec.name, "split": data.split, "task": task, "language": language}
 
 
+def unknown_labels(backend: Backend, labels: Labels) -> list[str]:
+    """Class names the model's tokenizer maps (partly) to [UNK]: such classes lose the words that tell them
+    apart, which lowers accuracy silently, so a run warns and records them in its result."""
+    unknown = [name for name in labels.names if backend.check_text(name).unknown]
+    if unknown:
+        shown = ", ".join(unknown[:8]) + (" …" if len(unknown) > 8 else "")
+        log.warning("%d class name(s) in %s tokenize to [UNK] for %s: %s (a variant such as `in-vocab` may avoid this;"
+                    " `bench labels lint --model` lists them)", len(unknown), labels.description, backend.spec.name, shown)
+    return unknown
+
+
 class Runner:
     """Holds the caches and loaded backends for one invocation."""
 
@@ -179,6 +190,7 @@ class Runner:
             log.warning("prompt set %s is %s but %s is evaluated in %s", ps.name, ps.language, spec.name, language)
         ps.templates_for(ref.spec.name)  # fail on a missing per-dataset set before encoding images
         backend = self.backend(spec)
+        unknown = unknown_labels(backend, labels)
         feats = image_features(backend, data, self.features, batch_size=opts.batch_size, workers=opts.workers,
                                skip_bad_images=opts.skip_bad_images, progress=opts.progress)
         if not distributed.current().main:
@@ -199,6 +211,7 @@ class Runner:
             "n_templates": per_prompt.shape[1],
             "metric": ref.spec.metric,
             "metrics": metrics,
+            "labels_with_unknown_tokens": unknown,
             "skipped_images": len(feats.errors),
             "skipped_examples": feats.errors[:5],
             "limit": opts.limit,

@@ -225,3 +225,26 @@ def test_cn_clip_missing_extra_names_install_command(tmp_path, monkeypatch, benc
     assert code == 2
     assert "pip install -e '.[cn-clip]'" in err
     assert "Traceback" not in err
+
+
+def test_labels_outside_the_vocabulary_are_reported(cn_backend, caplog):
+    from bench.labels import Labels
+    from bench.runner import unknown_labels
+
+    with caplog.at_level("WARNING"):
+        unknown = unknown_labels(cn_backend, Labels(("猫", "鸸鹋", "狗"), "toy.yaml"))
+    assert unknown == ["鸸鹋"]
+    assert "鸸鹋" in caplog.text and "[UNK]" in caplog.text
+    assert unknown_labels(cn_backend, Labels(("猫", "澳洲鸵鸟"), "toy.yaml")) == []
+
+
+def test_result_records_unknown_labels(tmp_path, bench_cli):
+    model_dir = make_chinese_clip_dir(tmp_path / "cc")
+    data = make_image_dataset(tmp_path / "data" / "toy", n_classes=2, per_class=1, labels_zh=["猫", "鸸鹋"])
+    yml = write_model_yaml(tmp_path / "tiny-cn.yaml", name="tiny-cn", backend="transformers",
+                           model=str(model_dir), language="zh", preprocess="cn-clip")
+    code, _, err = bench_cli("run", "--model", yml, "--dataset", data, "--labels", "dataset", "--prompts", "simple-zh",
+                             "--out", tmp_path / "runs", "--cache-dir", tmp_path / "cache", "--workers", "0")
+    assert code == 0, err
+    result = json.loads((tmp_path / "runs" / "tiny-cn" / "toy" / "zeroshot.json").read_text())
+    assert result["labels_with_unknown_tokens"] == ["鸸鹋"]
