@@ -54,7 +54,7 @@ class RunOptions:
     limit: int | None = None
     skip_bad_images: bool = False
     progress: bool = True
-    shard_size: int = 2048  # images per feature-cache shard; also the unit of work per torchrun rank
+    shard_size: int | None = None  # images per cache shard (None: $BENCH_SHARD_SIZE, else 2048); torchrun's unit of work
     # linear probe / few-shot
     probe_impl: str = "auto"  # auto | torch | sklearn
     probe_init: str = "zero"  # zero | zeroshot
