@@ -54,3 +54,19 @@ def bench_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture
+def count_images(monkeypatch) -> dict:
+    """Counts images passed through any backend's image encoder: `count_images["n"]`."""
+    from bench.backends.base import Backend
+
+    seen = {"n": 0}
+    original = Backend.encode_images
+
+    def counting(self, pixels):
+        seen["n"] += pixels.shape[0]
+        return original(self, pixels)
+
+    monkeypatch.setattr(Backend, "encode_images", counting)
+    return seen

@@ -102,17 +102,8 @@ def test_single_image_change_invalidates(tmp_path, toy):
 
 
 def test_second_run_with_other_prompts_or_labels_encodes_no_image(tmp_path, digits_root, cache_dir, bench_cli,
-                                                                  monkeypatch):
-    from bench.backends.base import Backend
-
-    calls = {"n": 0}
-    original = Backend.encode_images
-
-    def counting(self, pixels):
-        calls["n"] += pixels.shape[0]
-        return original(self, pixels)
-
-    monkeypatch.setattr(Backend, "encode_images", counting)
+                                                                  count_images):
+    calls = count_images
     common = ["--model", "demo", "--dataset", "digits", "--data-root", digits_root, "--cache-dir", cache_dir,
               "--workers", "0", "--limit", "60"]
     assert bench_cli("run", *common, "--out", tmp_path / "a")[0] == 0

@@ -46,22 +46,6 @@ def predictions(out: Path, model: str = "demo", dataset: str = "digits") -> tupl
     return np.array([int(r["target"]) for r in rows]), np.array([int(r["prediction"]) for r in rows])
 
 
-@pytest.fixture
-def count_images(monkeypatch):
-    """Counts images passed through the demo image encoder."""
-    from bench.demo.backend import DemoBackend
-
-    seen = {"n": 0}
-    orig = DemoBackend._encode_images
-
-    def counting(self, pixels):
-        seen["n"] += pixels.shape[0]
-        return orig(self, pixels)
-
-    monkeypatch.setattr(DemoBackend, "_encode_images", counting)
-    return seen
-
-
 def test_prompt_study_matches_single_template_runs(bench_cli, cache_dir, digits_root, tmp_path, count_images):
     prompts = write_prompts(tmp_path / "three.yaml", TEMPLATES, "three")
     out = tmp_path / "study"
