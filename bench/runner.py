@@ -169,8 +169,7 @@ class Runner:
         return self.opts.language or spec.language
 
     def prompt_set(self, spec: ModelSpec) -> PromptSet:
-        ps = load_prompt_set(self.opts.prompts or spec.default_prompts)
-        return ps
+        return load_prompt_set(self.opts.prompts or spec.default_prompts)
 
     def class_weights(self, backend: Backend, ps: PromptSet, dataset: str, labels: Labels) -> torch.Tensor:
         """[C, T, D] prompt embeddings for every label × template (cached per model × prompts × labels)."""

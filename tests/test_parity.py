@@ -32,6 +32,15 @@ def _predictions(out: Path, model: str, dataset: str) -> dict[str, int]:
         return {row["path"]: int(row["prediction"]) for row in csv.DictReader(f)}
 
 
+def _bench_predictions(bench_cli, tmp_path: Path, model_yaml: Path, prompts: Path, model: str) -> dict[str, int]:
+    """`bench run` on the toy dataset under tmp_path/data with its own labels; predictions by path."""
+    code, _, err = bench_cli("run", "--model", model_yaml, "--dataset", tmp_path / "data" / "toy", "--labels", "dataset",
+                             "--prompts", prompts, "--out", tmp_path / "runs", "--cache-dir", tmp_path / "cache",
+                             "--workers", "0", "--save-predictions")
+    assert code == 0, err
+    return _predictions(tmp_path / "runs", model, "toy")
+
+
 def _direct(encode_image, encode_text, preprocess, data: Path, labels: list[str], templates: list[str]):
     """The protocol written out by hand: normalise each prompt, average, normalise; cosine logits."""
     classes = []
@@ -58,11 +67,7 @@ def test_open_clip_local_dir_parity(tmp_path, bench_cli):
     yml = write_model_yaml(tmp_path / "tiny.yaml", name="tiny-oc", backend="open_clip",
                            model=f"local-dir:{model_dir}", language="en")
     prompts = _prompt_file(tmp_path / "p-en.yaml", "en", TEMPLATES_EN)
-    code, out, err = bench_cli("run", "--model", yml, "--dataset", tmp_path / "data" / "toy", "--labels", "dataset",
-                               "--prompts", prompts, "--out", tmp_path / "runs", "--cache-dir", tmp_path / "cache",
-                               "--workers", "0", "--save-predictions")
-    assert code == 0, err
-    ours = _predictions(tmp_path / "runs", "tiny-oc", "toy")
+    ours = _bench_predictions(bench_cli, tmp_path, yml, prompts, "tiny-oc")
 
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
     model.eval()
@@ -85,11 +90,7 @@ def test_chinese_clip_save_pretrained_parity(tmp_path, bench_cli):
     yml = write_model_yaml(tmp_path / "tiny-cn.yaml", name="tiny-cn", backend="transformers",
                            model=str(model_dir), language="zh", preprocess="cn-clip")
     prompts = _prompt_file(tmp_path / "p-zh.yaml", "zh", TEMPLATES_ZH)
-    code, _, err = bench_cli("run", "--model", yml, "--dataset", tmp_path / "data" / "toy", "--labels", "dataset",
-                             "--prompts", prompts, "--out", tmp_path / "runs", "--cache-dir", tmp_path / "cache",
-                             "--workers", "0", "--save-predictions")
-    assert code == 0, err
-    ours = _predictions(tmp_path / "runs", "tiny-cn", "toy")
+    ours = _bench_predictions(bench_cli, tmp_path, yml, prompts, "tiny-cn")
 
     model = AutoModel.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)

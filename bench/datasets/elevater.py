@@ -30,13 +30,6 @@ def is_dataset_folder(path: Path) -> bool:
     return path.is_dir() and any((path / s).is_dir() for s in ("test", "train", "val"))
 
 
-def find_folder(spec: DatasetSpec, data_root: Path) -> Path | None:
-    for name in spec.folder_names:
-        if is_dataset_folder(data_root / name):
-            return data_root / name
-    return None
-
-
 def spec_for_folder(folder: Path) -> DatasetSpec:
     """The registry spec whose name matches the folder, else an ad-hoc spec from its label files."""
     spec = find_dataset(folder.name)

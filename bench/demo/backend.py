@@ -8,7 +8,6 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from bench.backends.base import Backend, TextCheck
-from bench.cache import FeatureCache  # noqa: F401  (keeps import order light)
 from bench.demo.model import UNK, TinyCLIP, Tokenizer
 from bench.demo.train import load_config, preprocess, train
 from bench.paths import default_cache_dir
