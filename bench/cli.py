@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from bench.cli_common import add_encoding_args, encoding_options, split_multi
 from bench.errors import BenchError
 from bench.paths import default_cache_dir, default_data_root
 
@@ -58,8 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="evaluate in this language instead of the model's own")
     run.add_argument("--out", type=Path, default=Path("results/runs"), help="results folder (default: results/runs)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--batch-size", type=int, default=64)
-    run.add_argument("--workers", type=int, default=None, help="image decoding processes (default: cores - 1)")
+    add_encoding_args(run)
     run.add_argument("--save-predictions", action="store_true", help="also write zeroshot.predictions.csv")
     run.add_argument("--limit", type=int, default=None, help="evaluate at most N images per dataset (stratified)")
     run.add_argument("--skip-bad-images", action="store_true",
@@ -110,27 +110,20 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def _split_multi(values: list[str]) -> list[str]:
-    return [v for value in values for v in value.split()]
-
-
 def cmd_run(args) -> int:
     from bench.distributed import is_main_process
     from bench.runner import RunOptions, run
 
-    if args.batch_size < 1:
-        raise BenchError("--batch-size must be at least 1")
-    if args.limit is not None and args.limit < 1:
-        raise BenchError("--limit must be at least 1")
+    encoding = encoding_options(args)
     tasks = ("zeroshot", "linear_probe") if args.task == "all" else (args.task.replace("-", "_"),)
     opts = RunOptions(
         out=args.out, cache_dir=args.cache_dir or default_cache_dir(), data_root=args.data_root or default_data_root(),
         split=args.split, prompts=args.prompts, labels=args.labels, language=args.language, device=args.device,
-        batch_size=args.batch_size, workers=args.workers, save_predictions=args.save_predictions, limit=args.limit,
+        **encoding, save_predictions=args.save_predictions, limit=args.limit,
         skip_bad_images=args.skip_bad_images, probe_impl=args.probe_impl, probe_init=args.probe_init,
         shots=_shots(args), seeds=args.seeds,
         progress=sys.stderr.isatty() if args.progress is None else args.progress)
-    results = run(_split_multi(args.model), _split_multi(args.dataset), opts, tasks)
+    results = run(split_multi(args.model), split_multi(args.dataset), opts, tasks)
     if not is_main_process():
         return 0  # torchrun: rank 0 prints and writes
     print(format_table(results))

@@ -21,6 +21,75 @@ from bench.errors import BenchError
 log = logging.getLogger(__name__)
 
 
+COMPILE_POLICIES = ("auto", "on", "off")
+# `--compile auto` compiles when the eager encoding still to do would take longer than this: about twice
+# what compiling a ViT-B/16 costs on a small CPU (25-30 s on 2 cores, for a ~2x faster tower). On a GPU
+# the gain is smaller and compiling slower, hence the higher bar.
+COMPILE_WORTH_S = {"cpu": 60.0, "cuda": 300.0}
+
+
+def should_compile(policy: str, device: str, eager_s_per_image: float, images_left: int) -> bool:
+    """Whether to switch the image tower to torch.compile, from one timed eager batch."""
+    if policy not in COMPILE_POLICIES:
+        raise BenchError(f"--compile must be one of {', '.join(COMPILE_POLICIES)}, got '{policy}'")
+    if policy != "auto":
+        return policy == "on"
+    return eager_s_per_image * images_left > COMPILE_WORTH_S.get(device, COMPILE_WORTH_S["cuda"])
+
+
+class ImageEncoder:
+    """Encodes batches for one cache entry under a compile policy: `on` compiles before the first batch,
+    `auto` times the first batch eagerly and compiles if the rest would take long enough to repay it.
+
+    A compiler failure is an error under `on` (it was asked for) and a warning plus eager encoding under
+    `auto`. Compiled and eager features agree to float32 rounding (about 1e-6), like two batch sizes do,
+    so the choice is recorded in results but is not part of the feature cache key."""
+
+    def __init__(self, backend: Backend, policy: str, total: int, worth_s: float | None = None):
+        device = backend.device.type
+        should_compile(policy, device, 0.0, 0)  # validate the name before any work
+        self.backend, self.policy, self.left = backend, policy, total
+        self.worth_s = COMPILE_WORTH_S.get(device, COMPILE_WORTH_S["cuda"]) if worth_s is None else worth_s
+        # eager-timing (auto, first batch) → eager | compile-next → compiled | eager
+        self.state = {"auto": "eager-timing", "on": "compile-next", "off": "eager"}[policy]
+        self.compile_s = 0.0  # wall time of the first compiled call: compiling plus that batch
+
+    @property
+    def compiled(self) -> bool:
+        return self.state == "compiled"
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.left -= len(pixels)
+        if self.state == "compile-next":
+            return self._first_compiled(pixels)
+        if self.state != "eager-timing":
+            return self.backend.encode_images(pixels, compiled=self.compiled)
+        start = time.perf_counter()
+        out = self.backend.encode_images(pixels)
+        eager_left = (time.perf_counter() - start) / max(len(pixels), 1) * self.left
+        self.state = "compile-next" if eager_left > self.worth_s else "eager"
+        if self.state == "compile-next":
+            log.info("compiling the image tower of %s (about %.0f s of eager encoding left; --compile off skips this)",
+                     self.backend.spec.name, eager_left)
+        return out
+
+    def _first_compiled(self, pixels: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        try:
+            out = self.backend.encode_images(pixels, compiled=True)
+        except Exception as exc:  # inductor/dynamo raise many types (no C compiler, unsupported op, ...)
+            text = str(exc).strip()
+            reason = text.splitlines()[0] if text else type(exc).__name__
+            if self.policy == "on":
+                raise BenchError(f"--compile on: torch.compile failed for {self.backend.spec.name}: {reason}; "
+                                 "run with --compile off (or auto)") from None
+            log.warning("torch.compile failed for %s (%s); encoding eagerly", self.backend.spec.name, reason)
+            self.state = "eager"
+            return self.backend.encode_images(pixels)
+        self.state, self.compile_s = "compiled", time.perf_counter() - start
+        return out
+
+
 def default_workers() -> int:
     """DataLoader workers: one core stays with the encoder."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))
@@ -34,6 +103,8 @@ class ImageFeatures:
     key: str = ""
     n_encoded: int = 0  # images encoded in this call (0 = all from cache)
     seconds: float = 0.0
+    compiled: bool = False  # the image tower ran through torch.compile in this call
+    compile_s: float = 0.0
 
 
 def feature_key(backend: Backend, data: SplitData) -> str:
@@ -54,7 +125,8 @@ def image_features(backend: Backend, data: SplitData, cache: FeatureCache, **kwa
 
 
 def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, batch_size: int = 64,
-                    workers: int | None = None, skip_bad_images: bool = False, progress: bool = True) -> ImageFeatures:
+                    workers: int | None = None, skip_bad_images: bool = False, progress: bool = True,
+                    compile: str = "auto") -> ImageFeatures:
     start = time.perf_counter()
     key = feature_key(backend, data)
     n, size = len(data), cache.shard_size
@@ -64,6 +136,7 @@ def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, b
     dist = distributed.current()
     mine = [s for s in missing if dist.owns(s)]  # under torchrun: this rank's disjoint share
     encoded = 0
+    encoder = None
     if mine and n:
         todo = [i for s in mine for i in range(s * size, min(n, (s + 1) * size))]
         workers = default_workers() if workers is None else workers
@@ -72,12 +145,16 @@ def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, b
             num_workers=workers, collate_fn=collate, pin_memory=backend.device.type == "cuda",
             persistent_workers=False, prefetch_factor=4 if workers else None)
         writer = ShardWriter(cache, key, n)
+        encoder = ImageEncoder(backend, compile, len(todo))
         desc = f"{backend.spec.name} · {data.spec.name}/{data.split}"
         with tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False) as bar:
             for pixels, idxs, errors in loader:
                 if errors and not skip_bad_images:
                     raise BenchError(f"cannot read image {errors[0]}; fix or remove it, or pass --skip-bad-images")
-                feats = backend.encode_images(pixels).cpu() if pixels is not None else None
+                if encoder.state == "compile-next":
+                    bar.set_postfix_str("compiling")
+                feats = encoder(pixels).cpu() if pixels is not None else None
+                bar.set_postfix_str("compiled" if encoder.compiled else "")
                 shards.update(writer.add(feats, idxs, errors))
                 bar.update(len(idxs) + len(errors))
                 encoded += len(idxs)
@@ -101,7 +178,8 @@ def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, b
         features=torch.cat([p["features"] for p in parts]),
         indices=torch.cat([p["indices"] for p in parts]),
         errors=cached_errors,
-        key=key, n_encoded=encoded, seconds=time.perf_counter() - start)
+        key=key, n_encoded=encoded, seconds=time.perf_counter() - start,
+        compiled=bool(encoder and encoder.compiled), compile_s=encoder.compile_s if encoder else 0.0)
     if not cache.is_complete(key):
         cache.finish(key, {"n": n, "shards": n_shards, "model": backend.identity(), "split": data.split,
                            "dataset": data.spec.name, "n_ok": int(out.indices.numel())})

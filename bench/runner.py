@@ -26,7 +26,7 @@ from bench.datasets.digits import prepare_digits
 from bench.datasets.registry import DatasetSpec, get_dataset, list_datasets
 from bench.datasets.sources import DatasetRef
 from bench.errors import BenchError
-from bench.features import image_features, text_embeddings
+from bench.features import ImageFeatures, image_features, text_embeddings
 from bench.labels import Labels, resolve_labels
 from bench.metrics import compute_metrics
 from bench.models import ModelSpec, resolve_model
@@ -54,6 +54,7 @@ class RunOptions:
     limit: int | None = None
     skip_bad_images: bool = False
     progress: bool = True
+    compile: str = "auto"  # torch.compile the image tower: auto (when it pays off) | on | off
     shard_size: int | None = None  # images per cache shard (None: $BENCH_SHARD_SIZE, else 2048); torchrun's unit of work
     # linear probe / few-shot
     probe_impl: str = "auto"  # auto | torch | sklearn
@@ -171,6 +172,12 @@ class Runner:
     def prompt_set(self, spec: ModelSpec) -> PromptSet:
         return load_prompt_set(self.opts.prompts or spec.default_prompts)
 
+    def image_features(self, backend: Backend, data: SplitData) -> ImageFeatures:
+        """Image features of one split through the feature cache, with this run's encoding options."""
+        o = self.opts
+        return image_features(backend, data, self.features, batch_size=o.batch_size, workers=o.workers,
+                              skip_bad_images=o.skip_bad_images, progress=o.progress, compile=o.compile)
+
     def class_weights(self, backend: Backend, ps: PromptSet, dataset: str, labels: Labels) -> torch.Tensor:
         """[C, T, D] prompt embeddings for every label × template (cached per model × prompts × labels)."""
         grid = ps.render(dataset, list(labels.names))
@@ -190,8 +197,7 @@ class Runner:
         ps.templates_for(ref.spec.name)  # fail on a missing per-dataset set before encoding images
         backend = self.backend(spec)
         unknown = unknown_labels(backend, labels)
-        feats = image_features(backend, data, self.features, batch_size=opts.batch_size, workers=opts.workers,
-                               skip_bad_images=opts.skip_bad_images, progress=opts.progress)
+        feats = self.image_features(backend, data)
         if not distributed.current().main:
             return None  # torchrun: this rank's shards are cached; rank 0 classifies and writes
         t1 = time.perf_counter()
@@ -216,6 +222,7 @@ class Runner:
             "limit": opts.limit,
             "source": data.source,
             "cache": {"image_features": feats.key, "images_encoded": feats.n_encoded},
+            "encoder": {"compile": opts.compile, "compiled": feats.compiled, "compile_s": round(feats.compile_s, 3)},
             "timings": {"image_features_s": round(feats.seconds, 3), "classify_s": round(t2 - t1, 3),
                         "total_s": round(t2 - t0, 3)},
             "manifest": self.manifest(backend, data, ps),
@@ -225,9 +232,7 @@ class Runner:
 
     def probe_split(self, backend: Backend, data: SplitData) -> tuple[probe.Split, object]:
         """L2-normalised cached features and targets of one split (encoded at most once per model × split)."""
-        opts = self.opts
-        feats = image_features(backend, data, self.features, batch_size=opts.batch_size, workers=opts.workers,
-                               skip_bad_images=opts.skip_bad_images, progress=opts.progress)
+        feats = self.image_features(backend, data)
         return probe.Split(normalize(feats.features).numpy(), target_array(data, feats.indices)), feats
 
     def linear_probe(self, spec: ModelSpec, ref: DatasetRef) -> dict | None:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.cli_common import add_encoding_args, encoding_options
 from bench.errors import BenchError
 from bench.paths import default_cache_dir, default_data_root
 
@@ -56,8 +57,7 @@ def register_cli(sub) -> None:
     ev.add_argument("--cache-dir", type=Path, default=None, help="default: $BENCH_CACHE, else ~/.cache/bench")
     ev.add_argument("--out", type=Path, default=Path("results/runs"), help="results folder (default: results/runs)")
     ev.add_argument("--limit", type=int, default=None, help="at most N images (stratified), as in `bench run`")
-    ev.add_argument("--workers", type=int, default=None)
-    ev.add_argument("--batch-size", type=int, default=64)
+    add_encoding_args(ev)
     _add_device(ev, "auto")
     ev.set_defaults(func=cmd_prompts_eval)
 
@@ -161,13 +161,9 @@ def cmd_prompts_eval(args) -> int:
     from bench.authoring.evaluate import evaluate_prompt_set, format_result, write_result
     from bench.runner import RunOptions
 
-    if args.batch_size < 1:
-        raise BenchError("--batch-size must be at least 1")
-    if args.limit is not None and args.limit < 1:
-        raise BenchError("--limit must be at least 1")
     opts = RunOptions(out=args.out, cache_dir=args.cache_dir or default_cache_dir(),
                       data_root=args.data_root or default_data_root(), split=args.split, prompts=args.prompts,
-                      labels=args.labels, device=args.device, batch_size=args.batch_size, workers=args.workers,
+                      labels=args.labels, device=args.device, **encoding_options(args),
                       limit=args.limit, progress=sys.stderr.isatty())
     result = evaluate_prompt_set(args.model, args.dataset, args.prompts, opts, args.baseline, args.labels)
     path = write_result(result, args.out)

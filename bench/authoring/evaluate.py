@@ -14,7 +14,6 @@ import torch
 
 from bench.cache import atomic_write_json, check_writable
 from bench.errors import BenchError
-from bench.features import image_features
 from bench.labels import Labels, resolve_labels
 from bench.metrics import compute_metrics
 from bench.models import resolve_model
@@ -45,8 +44,7 @@ def evaluate_prompt_set(model: str, dataset: str, prompts: str, opts: RunOptions
     runner = Runner(opts)
     data = load_data(ref, opts.split, opts.limit)
     backend = runner.backend(spec)
-    feats = image_features(backend, data, runner.features, batch_size=opts.batch_size, workers=opts.workers,
-                           skip_bad_images=opts.skip_bad_images, progress=opts.progress)
+    feats = runner.image_features(backend, data)
     targets = target_array(data, feats.indices)
     label_cache: dict[str, Labels] = {}
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.cli_common import add_encoding_args, encoding_options, split_multi
 from bench.errors import BenchError
 
 EPILOG = """examples:
@@ -29,8 +30,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", choices=["en", "zh"], default=None)
     p.add_argument("--out", type=Path, default=Path("results/runs"), help="results folder (default: results/runs)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=None)
+    add_encoding_args(p)
     p.add_argument("--limit", type=int, default=None, help="at most N images per split (stratified)")
     p.add_argument("--skip-bad-images", action="store_true")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
@@ -75,10 +75,6 @@ def register_cli(subparsers) -> None:
     p.set_defaults(func=cmd_study, kind="labels")
 
 
-def _split_multi(values: list[str]) -> list[str]:
-    return [v for value in values for v in value.split()]
-
-
 def study_kwargs(args) -> dict:
     """Study-specific keyword arguments, checked."""
     if args.kind == "prompts":
@@ -101,17 +97,14 @@ def cmd_study(args) -> int:
     from bench.runner import RunOptions
     from bench.studies.study import run_study
 
-    if args.batch_size < 1:
-        raise BenchError("--batch-size must be at least 1")
-    if args.limit is not None and args.limit < 1:
-        raise BenchError("--limit must be at least 1")
+    encoding = encoding_options(args)
     kwargs = study_kwargs(args)
     opts = RunOptions(
         out=args.out, cache_dir=args.cache_dir or default_cache_dir(), data_root=args.data_root or default_data_root(),
         split=args.split, prompts=args.prompts, labels=args.labels, language=args.language, device=args.device,
-        batch_size=args.batch_size, workers=args.workers, limit=args.limit, skip_bad_images=args.skip_bad_images,
+        **encoding, limit=args.limit, skip_bad_images=args.skip_bad_images,
         progress=sys.stderr.isatty() if args.progress is None else args.progress)
-    results = run_study(args.kind, _split_multi(args.model), _split_multi(args.dataset), opts, **kwargs)
+    results = run_study(args.kind, split_multi(args.model), split_multi(args.dataset), opts, **kwargs)
     for r in results:
         print(SUMMARIES[args.kind](r))
     print(f"results written under {args.out}/")

@@ -14,7 +14,6 @@ from bench.cache import atomic_write_json, check_writable
 from bench.datasets import elevater
 from bench.datasets.base import SplitData, stratified_limit
 from bench.errors import BenchError
-from bench.features import image_features
 from bench.labels import Labels, label_file, parse_label_file, resolve_labels
 from bench.models import ModelSpec, resolve_model
 from bench.prompts import PromptSet, load_prompt_set
@@ -47,9 +46,7 @@ class Study:
         self.runner = Runner(opts)
 
     def split(self, spec: ModelSpec, data: SplitData) -> Split:
-        o = self.opts
-        feats = image_features(self.runner.backend(spec), data, self.runner.features, batch_size=o.batch_size,
-                               workers=o.workers, skip_bad_images=o.skip_bad_images, progress=o.progress)
+        feats = self.runner.image_features(self.runner.backend(spec), data)
         return Split(data, feats.features, target_array(data, feats.indices), feats.key, feats.n_encoded,
                      feats.seconds)
 
