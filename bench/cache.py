@@ -162,6 +162,31 @@ class FeatureCache:
         atomic_write_json(self.entry_dir(key) / "index.json", meta)
 
 
+def file_signature(path: Path) -> list:
+    """What changes when a file's content does: path, size, mtime and ctime (ns), inode, device.
+
+    ctime cannot be set back from user space, so an edit that restores size and mtime still changes it."""
+    st = Path(path).stat()
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+class IdentityMemo:
+    """Small JSON values under `<root>/identity/<key>.json` (a model's weights hash and preprocess)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root) / "identity"
+
+    def load(self, key: str) -> dict | None:
+        try:
+            value = json.loads((self.root / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def save(self, key: str, value: dict) -> None:
+        atomic_write_json(self.root / f"{key}.json", value)
+
+
 class TextCache:
     """Text embeddings for one (model, list of texts) under `<root>/text/<key>.safetensors`."""
 

@@ -63,7 +63,7 @@ class ImageEncoder:
         if self.state == "compile-next":
             return self._first_compiled(pixels)
         if self.state != "eager-timing":
-            return self.backend.encode_images(pixels, compiled=self.compiled)
+            return self.backend.encode_images(pixels, compiled=True) if self.compiled else self.backend.encode_images(pixels)
         start = time.perf_counter()
         out = self.backend.encode_images(pixels)
         eager_left = (time.perf_counter() - start) / max(len(pixels), 1) * self.left

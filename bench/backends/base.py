@@ -8,10 +8,12 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import torch
 
+from bench.cache import IdentityMemo, content_key, file_signature
 from bench.errors import BenchError
 from bench.models import ModelSpec
 
@@ -39,6 +41,32 @@ def fingerprint_module(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def folder_files(folder: Path) -> list[Path] | None:
+    """Every regular file under `folder` (a saved model), sorted; None if there is none."""
+    files = sorted(f for f in Path(folder).expanduser().rglob("*") if f.is_file() and ".cache" not in f.parts)
+    return files or None
+
+
+def hub_snapshot_files(cache_root: Path | None, repo_id: str, revision: str | None = None) -> list[Path] | None:
+    """The files of a Hugging Face hub snapshot already in a hub cache (`cache_root`, default $HF_HUB_CACHE),
+    at `revision` (a branch or a commit; default main). None when it is not there."""
+    from huggingface_hub import constants
+
+    repo = Path(cache_root or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    revision = revision or "main"
+    ref = repo / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snapshot = repo / "snapshots" / commit
+    return folder_files(snapshot) if snapshot.is_dir() else None
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -54,34 +82,68 @@ def missing_dependency(package: str, install: str) -> BenchError:
 class Backend(ABC):
     """Encode images and texts into one embedding space.
 
-    Subclasses set `model` (an nn.Module), `preprocess` (a picklable PIL → tensor callable, run in
-    DataLoader workers) and `context_length`, and implement `tokenize`, `_encode_images`,
-    `_encode_texts` and `check_text`.
+    Subclasses implement two loaders, `_load_text` (sets `tokenizer` and `context_length`: cheap) and
+    `_load_model` (sets `model` through `_adopt`, and `preprocess`, a picklable PIL → tensor callable run
+    in DataLoader workers: slow), plus `_encode_images`, `_encode_texts` and `check_text`. Both load on
+    first use, and `source_files` lets the model's identity be known without loading it at all: a re-run
+    whose features and text embeddings are all cached never reads the weights.
     """
 
     model: torch.nn.Module
     preprocess: Callable
     context_length: int
+    # attributes set by _load_text (any other missing attribute loads the model)
+    TEXT_ATTRS: tuple[str, ...] = ("tokenizer", "context_length")
+    PACKAGE: str | None = None  # the distribution whose code builds the model (its version keys the memo)
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", cache_dir: Path | None = None):
         self.spec = spec
         self.device = resolve_device(device)
         self.cache_dir = cache_dir
-        self._weights: str | None = None
         self._compiled: Callable | None = None
+        self._identity: dict | None = None
+        self._state = {"text": False, "model": False}
+
+    def __getattr__(self, name: str):
+        # Called only for attributes not set yet: the tokenizer or the model loads on first use.
+        state = self.__dict__.get("_state")
+        if state is None or name.startswith("__"):
+            raise AttributeError(name)
+        part = "text" if name in type(self).TEXT_ATTRS else "model"
+        if state[part]:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        self.load(part)
+        return getattr(self, name)
+
+    def load(self, part: str = "model") -> None:
+        """Load the text side (tokenizer) or the model (weights, preprocess) now, if not loaded yet."""
+        if not self._state[part]:
+            self._state[part] = True  # set first: a failed load raises, it is not retried per attribute
+            (self._load_text if part == "text" else self._load_model)()
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._state["model"] and "model" in self.__dict__
+
+    @abstractmethod
+    def _load_text(self) -> None: ...
+
+    @abstractmethod
+    def _load_model(self) -> None: ...
+
+    def source_files(self) -> list[Path] | None:
+        """Every file the model is built from (weights and configs), found without loading it; None when
+        they cannot be named (the identity is then computed from the loaded weights on every run)."""
+        return None
 
     def _adopt(self, model: torch.nn.Module) -> None:
-        """Take a loaded model: eval mode, weights hashed on the CPU, then moved to the device."""
-        self.model = model.eval()
-        self._weights = fingerprint_module(self.model)
-        self.model.to(self.device)
+        """Take a loaded model: eval mode, on the device."""
+        self.model = model.eval().to(self.device)
 
     # -- identity -----------------------------------------------------------------------------
     @property
     def weights_fingerprint(self) -> str:
-        if self._weights is None:
-            self._weights = fingerprint_module(self.model)
-        return self._weights
+        return self.identity()["weights"]
 
     @property
     def preprocess_id(self) -> str:
@@ -92,15 +154,37 @@ class Backend(ABC):
         return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(self.preprocess))
 
     def identity(self) -> dict:
-        """Everything that changes image features: for cache keys and result manifests."""
-        return {
-            "name": self.spec.name,
-            "backend": self.spec.backend,
-            "model": self.spec.model,
-            "pretrained": self.spec.pretrained,
-            "weights": self.weights_fingerprint,
-            "preprocess": self.preprocess_id,
-        }
+        """Everything that changes image features: for cache keys and result manifests.
+
+        The weights hash and preprocess are memoised in the cache directory under a key made of the
+        spec, the library versions and the stat (size, mtime, ctime, inode) of every source file; any
+        change to those misses the memo and recomputes them from the loaded model."""
+        if self._identity is None:
+            memo, key = self._memo()
+            known = memo.load(key) if memo is not None else None
+            if known is None:
+                known = {"weights": fingerprint_module(self.model), "preprocess": self.preprocess_id}
+                if memo is not None:
+                    memo.save(key, known)
+            self._identity = {
+                "name": self.spec.name,
+                "backend": self.spec.backend,
+                "model": self.spec.model,
+                "pretrained": self.spec.pretrained,
+                "weights": known["weights"],
+                "preprocess": known["preprocess"],
+            }
+        return self._identity
+
+    def _memo(self) -> tuple[IdentityMemo | None, str]:
+        files = self.source_files() if self.cache_dir is not None else None
+        if not files:
+            return None, ""
+        versions = {pkg: _version(pkg) for pkg in ("torch", "torchvision", self.PACKAGE) if pkg}
+        key = content_key({"kind": "identity", "class": type(self).__name__, "spec": {
+            k: getattr(self.spec, k) for k in ("backend", "model", "pretrained", "preprocess")},
+            "versions": {**versions, "bench": _version("bench")}, "files": [file_signature(f) for f in files]})
+        return IdentityMemo(Path(self.cache_dir)), key
 
     # -- encoding -----------------------------------------------------------------------------
     def autocast(self):

@@ -34,16 +34,35 @@ def find_checkpoint(pretrained: str, cache_dir: Path | None) -> Path:
 
 
 class CnClipBackend(Backend):
+    PACKAGE = "cn_clip"
+    TEXT_ATTRS = ("_tokenizer", "context_length")
+
     def __init__(self, spec, device="cpu", cache_dir=None):
         super().__init__(spec, device, cache_dir)
         try:
-            from cn_clip.clip import _tokenizer
-            from cn_clip.clip.utils import create_model
+            import cn_clip.clip  # noqa: F401 (fail here, with the install hint, not at first use)
         except ImportError:
             raise missing_dependency("cn_clip", "pip install -e '.[cn-clip]'") from None
         if not spec.pretrained:
             raise BenchError(f"{spec.name}: the cn_clip backend needs `pretrained:` (a checkpoint file)")
-        path = find_checkpoint(spec.pretrained, cache_dir)
+
+    def source_files(self) -> list[Path] | None:
+        try:
+            return [find_checkpoint(self.spec.pretrained, self.cache_dir)]
+        except BenchError:
+            return None
+
+    def _load_text(self) -> None:
+        from cn_clip.clip import _tokenizer
+
+        self._tokenizer = _tokenizer
+        self.context_length = CN_CLIP_CONTEXT
+
+    def _load_model(self) -> None:
+        from cn_clip.clip.utils import create_model
+
+        spec = self.spec
+        path = find_checkpoint(spec.pretrained, self.cache_dir)
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -57,8 +76,6 @@ class CnClipBackend(Backend):
             raise BenchError(f"{spec.name}: cannot build cn_clip '{spec.model}' from {path}: "
                              f"{str(exc).splitlines()[0] if str(exc) else 'unknown architecture'}") from None
         self._adopt(model.float())
-        self._tokenizer = _tokenizer
-        self.context_length = CN_CLIP_CONTEXT
         self.preprocess = squash_transform(int(model.visual.input_resolution), CLIP_MEAN, CLIP_STD)
 
     def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:

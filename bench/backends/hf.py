@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from bench.backends.base import Backend, TextCheck, missing_dependency
+from bench.backends.base import Backend, TextCheck, folder_files, hub_snapshot_files, missing_dependency
 from bench.errors import BenchError
 from bench.preprocess import squash_transform
 
@@ -33,35 +33,59 @@ class HFImageTransform:
 
 
 class TransformersBackend(Backend):
+    PACKAGE = "transformers"
+    TEXT_ATTRS = ("tokenizer", "context_length", "model_type", "is_cn_clip")
+
     def __init__(self, spec, device="cpu", cache_dir=None):
         super().__init__(spec, device, cache_dir)
         try:
-            from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
             from transformers.utils import logging as hf_logging
         except ImportError:
             raise missing_dependency("transformers", "pip install transformers") from None
         hf_logging.disable_progress_bar()  # our own progress bars are enough
-        src = spec.model
-        local = Path(src).expanduser()
-        where = str(local) if local.is_dir() else src
+        local = Path(spec.model).expanduser()
+        self.where = str(local) if local.is_dir() else spec.model
+        self.revision = spec.pretrained if not local.is_dir() else None
+
+    def _from_pretrained(self, cls):
         try:
-            model = AutoModel.from_pretrained(where, revision=spec.pretrained if not local.is_dir() else None)
-            tokenizer = AutoTokenizer.from_pretrained(where)
-            processor = AutoImageProcessor.from_pretrained(where)
+            return cls.from_pretrained(self.where, **({"revision": self.revision} if self.revision else {}))
         except (OSError, ValueError) as exc:
+            src = self.spec.model
             hint = (f"download it once with `hf download {src}` (into the Hugging Face cache, $HF_HOME/hub)"
-                    if not local.exists() else "the folder must hold a model saved with save_pretrained "
-                    "(config.json, weights, tokenizer and preprocessor files)")
-            raise BenchError(f"cannot load {spec.name} from '{src}': {str(exc).splitlines()[0]}; {hint}") from None
-        self.model_type = model.config.model_type
-        if not hasattr(model, "get_image_features") or not hasattr(model, "get_text_features"):
-            raise BenchError(f"{spec.name}: '{src}' is a {self.model_type} model, not a CLIP-style dual encoder")
-        self._adopt(model)
-        self.tokenizer = tokenizer
+                    if not Path(src).expanduser().exists() else "the folder must hold a model saved with "
+                    "save_pretrained (config.json, weights, tokenizer and preprocessor files)")
+            raise BenchError(f"cannot load {self.spec.name} from '{src}': {str(exc).splitlines()[0]}; {hint}") from None
+
+    def source_files(self) -> list[Path] | None:
+        local = Path(self.where)
+        if local.is_dir():
+            return folder_files(local)
+        return hub_snapshot_files(None, self.where, self.revision)
+
+    def _load_text(self) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        config = self._from_pretrained(AutoConfig)
+        self.tokenizer = self._from_pretrained(AutoTokenizer)
+        self.model_type = config.model_type
         self.is_cn_clip = self.model_type == "chinese_clip"
-        self.context_length = (CN_CLIP_CONTEXT if self.is_cn_clip
-                               else int(model.config.text_config.max_position_embeddings))
-        if spec.preprocess == "cn-clip":
+        text_config = getattr(config, "text_config", None)
+        if text_config is None:
+            raise BenchError(f"{self.spec.name}: '{self.spec.model}' is a {self.model_type} model, "
+                             "not a CLIP-style dual encoder")
+        self.context_length = CN_CLIP_CONTEXT if self.is_cn_clip else int(text_config.max_position_embeddings)
+
+    def _load_model(self) -> None:
+        from transformers import AutoImageProcessor, AutoModel
+
+        model = self._from_pretrained(AutoModel)
+        processor = self._from_pretrained(AutoImageProcessor)
+        if not hasattr(model, "get_image_features") or not hasattr(model, "get_text_features"):
+            raise BenchError(f"{self.spec.name}: '{self.spec.model}' is a {model.config.model_type} model, "
+                             "not a CLIP-style dual encoder")
+        self._adopt(model)
+        if self.spec.preprocess == "cn-clip":
             size = int(model.config.vision_config.image_size)
             self.preprocess = squash_transform(size, processor.image_mean, processor.image_std)
         else:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from bench.backends.base import Backend, TextCheck, missing_dependency
+from bench.backends.base import Backend, TextCheck, folder_files, hub_snapshot_files, missing_dependency
 from bench.errors import BenchError
 from bench.preprocess import squash_transform
 
@@ -31,27 +31,59 @@ class _DropOpenClipLogs(logging.Filter):
 
 
 class OpenClipBackend(Backend):
+    PACKAGE = "open_clip_torch"
+
     def __init__(self, spec, device="cpu", cache_dir=None):
         super().__init__(spec, device, cache_dir)
         try:
-            import open_clip
+            import open_clip  # noqa: F401 (fail here, with the install hint, not at first use)
         except ImportError:
             raise missing_dependency("open_clip_torch", "pip install open_clip_torch") from None
         name = spec.model
-        pretrained = None if name.startswith(SCHEMAS) else spec.pretrained
+        self.pretrained = None if name.startswith(SCHEMAS) else spec.pretrained
         if name.startswith("local-dir:") and not (Path(name[len("local-dir:"):]) / "open_clip_config.json").is_file():
             raise BenchError(f"{spec.name}: {name[len('local-dir:'):]} has no open_clip_config.json; "
                              "save the model with open_clip's push_to_hf_hub/save layout or fix the path")
         if not name.startswith(SCHEMAS) and name not in open_clip.list_models():
             from bench.registry import unknown
             raise unknown("open_clip architecture", name, open_clip.list_models(), hint=f"in model '{spec.name}'")
+
+    def _weights_cache(self) -> Path | None:
+        """Where open_clip downloads registry weights for us (None: a file path, or no weights)."""
+        p = self.pretrained
+        return self.cache_dir / "open_clip" if self.cache_dir and p and not Path(p).is_file() else None
+
+    def source_files(self) -> list[Path] | None:
+        name, p = self.spec.model, self.pretrained
+        if name.startswith("local-dir:"):
+            return folder_files(Path(name[len("local-dir:"):]))
+        if name.startswith("hf-hub:"):
+            return hub_snapshot_files(None, name[len("hf-hub:"):])
+        if p and Path(p).is_file():
+            return [Path(p)]
+        if p:  # a registry tag: the snapshot of its hub repo in our download folder
+            import open_clip
+
+            hub = (open_clip.get_pretrained_cfg(name, p) or {}).get("hf_hub", "")
+            return hub_snapshot_files(self._weights_cache(), "/".join(hub.split("/")[:2])) if hub else None
+        return None  # random init: nothing on disk names these weights
+
+    def _load_text(self) -> None:
+        import open_clip
+
+        self.tokenizer = open_clip.get_tokenizer(self.spec.model)
+        self.context_length = int(self.tokenizer.context_length)
+
+    def _load_model(self) -> None:
+        import open_clip
+
+        spec, name, pretrained = self.spec, self.spec.model, self.pretrained
         quiet = _DropOpenClipLogs()  # open_clip logs its own download error on the root logger
         logging.getLogger().addFilter(quiet)
         try:
+            weights_cache = self._weights_cache()
             model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained, weights_only=True,
-                cache_dir=str(cache_dir / "open_clip") if cache_dir and pretrained and not Path(pretrained).is_file() else None,
-            )
+                name, pretrained=pretrained, weights_only=True, cache_dir=str(weights_cache) if weights_cache else None)
         except BenchError:
             raise
         except Exception as exc:  # open_clip raises RuntimeError/OSError/hub errors for missing weights
@@ -62,8 +94,6 @@ class OpenClipBackend(Backend):
         finally:
             logging.getLogger().removeFilter(quiet)
         self._adopt(model)
-        self.tokenizer = open_clip.get_tokenizer(name)
-        self.context_length = int(self.tokenizer.context_length)
         if spec.preprocess == "cn-clip":
             cfg = self.model.visual.preprocess_cfg
             size = cfg.get("size", self.model.visual.image_size)

@@ -18,16 +18,27 @@ log = logging.getLogger(__name__)
 class DemoBackend(Backend):
     def __init__(self, spec, device="cpu", cache_dir=None):
         super().__init__(spec, device, cache_dir)
-        folder = Path(cache_dir or default_cache_dir()) / "models" / spec.model
-        if not (folder / "model.safetensors").is_file():
-            log.warning("training the demo model once (about a minute on CPU); cached in %s", folder)
-            train(folder)
-        cfg = load_config(folder)
-        model = TinyCLIP(cfg)
-        model.load_state_dict(load_file(folder / "model.safetensors"))
-        self._adopt(model)
+        self.folder = Path(cache_dir or default_cache_dir()) / "models" / spec.model
+
+    def _config(self):
+        if not (self.folder / "model.safetensors").is_file():
+            log.warning("training the demo model once (about a minute on CPU); cached in %s", self.folder)
+            train(self.folder)
+        return load_config(self.folder)
+
+    def source_files(self) -> list[Path] | None:
+        files = [self.folder / "config.json", self.folder / "model.safetensors"]
+        return files if all(f.is_file() for f in files) else None
+
+    def _load_text(self) -> None:
+        cfg = self._config()
         self.tokenizer = Tokenizer(list(cfg.vocab), cfg.context_length)
         self.context_length = cfg.context_length
+
+    def _load_model(self) -> None:
+        model = TinyCLIP(self._config())
+        model.load_state_dict(load_file(self.folder / "model.safetensors"))
+        self._adopt(model)
         self.preprocess = preprocess()
 
     def _encode_images(self, pixels):

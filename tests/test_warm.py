@@ -1,0 +1,101 @@
+"""Warm re-runs: a run whose features are all cached never loads the weights, and the memo that lets it
+skip them can never hand out a stale identity."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save
+
+import bench.backends.base as base
+from bench.demo.backend import DemoBackend
+
+
+@pytest.fixture
+def loads(monkeypatch) -> dict:
+    """Counts model loads and weight hashes."""
+    seen = {"model": 0, "hash": 0}
+    original_load, original_hash = DemoBackend._load_model, base.fingerprint_module
+
+    def load_model(self):
+        seen["model"] += 1
+        return original_load(self)
+
+    def fingerprint(module):
+        seen["hash"] += 1
+        return original_hash(module)
+
+    monkeypatch.setattr(DemoBackend, "_load_model", load_model)
+    monkeypatch.setattr(base, "fingerprint_module", fingerprint)
+    return seen
+
+
+def _run(bench_cli, digits_root, cache_dir, out, *extra) -> dict:
+    code, _, err = bench_cli("run", "--model", "demo", "--dataset", "digits", "--data-root", digits_root,
+                             "--cache-dir", cache_dir, "--out", out, "--workers", "0", "--limit", "40", *extra)
+    assert code == 0, err
+    return json.loads((out / "demo" / "digits" / "zeroshot.json").read_text())
+
+
+def test_a_fully_cached_rerun_loads_no_weights(tmp_path, digits_root, cache_dir, bench_cli, loads, count_images):
+    cold = _run(bench_cli, digits_root, cache_dir, tmp_path / "cold")
+    assert loads == {"model": 1, "hash": 1} and count_images["n"] == 40
+    warm = _run(bench_cli, digits_root, cache_dir, tmp_path / "warm")
+    assert loads == {"model": 1, "hash": 1} and count_images["n"] == 40  # nothing loaded, hashed or encoded
+    assert warm["metrics"] == cold["metrics"]
+    assert warm["cache"]["image_features"] == cold["cache"]["image_features"]
+    assert warm["manifest"]["model"] == cold["manifest"]["model"]  # same identity, weights hash included
+    # new prompts need the text tower: the model loads, but its weights are not hashed again
+    _run(bench_cli, digits_root, cache_dir, tmp_path / "prompts", "--prompts", "simple-zh")
+    assert loads == {"model": 2, "hash": 1} and count_images["n"] == 40
+
+
+def _edit_one_weight(path, keep_mtime: bool) -> None:
+    st = path.stat()
+    tensors = load_file(path)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] += 1.0
+    with open(path, "r+b") as f:  # in place: same inode, and the same size (same shapes)
+        f.write(save(tensors))
+    assert (path.stat().st_size, path.stat().st_ino) == (st.st_size, st.st_ino)
+    if keep_mtime:  # only the ctime now tells the file changed
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("keep_mtime", [False, True], ids=["edited", "edited-mtime-restored"])
+def test_edited_weights_miss_the_memo(tmp_path, digits_root, cache_dir, bench_cli, loads, count_images, keep_mtime):
+    first = _run(bench_cli, digits_root, cache_dir, tmp_path / "a")
+    _edit_one_weight(cache_dir / "models" / "demo-digits-v1" / "model.safetensors", keep_mtime)
+    second = _run(bench_cli, digits_root, cache_dir, tmp_path / "b")
+    assert loads["hash"] == 2  # the identity was recomputed from the edited weights
+    assert second["manifest"]["model"]["weights"] != first["manifest"]["model"]["weights"]
+    assert second["cache"]["image_features"] != first["cache"]["image_features"]
+    assert count_images["n"] == 80 and second["cache"]["images_encoded"] == 40
+
+
+def test_memo_is_keyed_by_library_versions(tmp_path, cache_dir, monkeypatch):
+    from bench.models import resolve_model
+
+    spec = resolve_model("demo")
+    a = DemoBackend(spec, cache_dir=cache_dir)
+    _, key_a = a._memo()
+    monkeypatch.setattr(base, "_version", lambda pkg: "99.0" if pkg == "torch" else "1.0")
+    _, key_b = DemoBackend(spec, cache_dir=cache_dir)._memo()
+    assert key_a != key_b
+    assert DemoBackend(spec, cache_dir=None)._memo() == (None, "")  # no cache dir: no memo, always hashed
+
+
+def test_lazy_attributes_load_once_and_errors_stay_attribute_errors(cache_dir, loads):
+    from bench.models import resolve_model
+
+    backend = DemoBackend(resolve_model("demo"), cache_dir=cache_dir)
+    assert backend.check_text("七").n_tokens >= 1 and loads["model"] == 0  # the tokenizer alone
+    assert isinstance(backend.model, torch.nn.Module) and loads["model"] == 1
+    assert backend.preprocess is not None and loads["model"] == 1
+    with pytest.raises(AttributeError):
+        backend.no_such_attribute  # noqa: B018
+    assert loads["model"] == 1
