@@ -229,16 +229,11 @@ class ShardWriter:
         return self.open.setdefault(s, {"f": [], "i": [], "e": [], "n": 0})
 
 
-def text_identity(backend: Backend) -> dict:
-    ident = {k: v for k, v in backend.identity().items() if k != "preprocess"}
-    return {**ident, "context_length": backend.context_length, "class": type(backend).__name__}
-
-
 def text_embeddings(backend: Backend, texts: list[str], cache: TextCache | None, *, batch_size: int = 256,
                     progress: bool = True) -> torch.Tensor:
     """[len(texts), D] float32 embeddings (not normalised); duplicates encoded once, results cached."""
     unique = list(dict.fromkeys(texts))
-    key = content_key({"kind": "text", "model": text_identity(backend), "texts": unique})
+    key = content_key({"kind": "text", "model": backend.text_identity(), "texts": unique})
     emb = cache.load(key) if cache is not None else None
     if emb is None:
         chunks = []

@@ -142,7 +142,7 @@ def result_header(spec: ModelSpec, ref: DatasetRef, data: SplitData, task: str, 
 def unknown_labels(backend: Backend, labels: Labels) -> list[str]:
     """Class names the model's tokenizer maps (partly) to [UNK]: such classes lose the words that tell them
     apart, which lowers accuracy silently, so a run warns and records them in its result."""
-    unknown = [name for name in labels.names if backend.check_text(name).unknown]
+    unknown = backend.unknown_tokens(list(labels.names))
     if unknown:
         shown = ", ".join(unknown[:8]) + (" …" if len(unknown) > 8 else "")
         log.warning("%d class name(s) in %s tokenize to [UNK] for %s: %s (a variant such as `in-vocab` may avoid this;"

@@ -16,9 +16,13 @@ from bench.demo.backend import DemoBackend
 
 @pytest.fixture
 def loads(monkeypatch) -> dict:
-    """Counts model loads and weight hashes."""
-    seen = {"model": 0, "hash": 0}
-    original_load, original_hash = DemoBackend._load_model, base.fingerprint_module
+    """Counts tokenizer loads, model loads and weight hashes."""
+    seen = {"text": 0, "model": 0, "hash": 0}
+    original_load, original_text, original_hash = DemoBackend._load_model, DemoBackend._load_text, base.fingerprint_module
+
+    def load_text(self):
+        seen["text"] += 1
+        return original_text(self)
 
     def load_model(self):
         seen["model"] += 1
@@ -29,6 +33,7 @@ def loads(monkeypatch) -> dict:
         return original_hash(module)
 
     monkeypatch.setattr(DemoBackend, "_load_model", load_model)
+    monkeypatch.setattr(DemoBackend, "_load_text", load_text)
     monkeypatch.setattr(base, "fingerprint_module", fingerprint)
     return seen
 
@@ -42,15 +47,16 @@ def _run(bench_cli, digits_root, cache_dir, out, *extra) -> dict:
 
 def test_a_fully_cached_rerun_loads_no_weights(tmp_path, digits_root, cache_dir, bench_cli, loads, count_images):
     cold = _run(bench_cli, digits_root, cache_dir, tmp_path / "cold")
-    assert loads == {"model": 1, "hash": 1} and count_images["n"] == 40
+    assert loads == {"text": 1, "model": 1, "hash": 1} and count_images["n"] == 40
     warm = _run(bench_cli, digits_root, cache_dir, tmp_path / "warm")
-    assert loads == {"model": 1, "hash": 1} and count_images["n"] == 40  # nothing loaded, hashed or encoded
+    # nothing loaded (not even the tokenizer: the [UNK] check is memoised too), hashed or encoded
+    assert loads == {"text": 1, "model": 1, "hash": 1} and count_images["n"] == 40
     assert warm["metrics"] == cold["metrics"]
     assert warm["cache"]["image_features"] == cold["cache"]["image_features"]
     assert warm["manifest"]["model"] == cold["manifest"]["model"]  # same identity, weights hash included
     # new prompts need the text tower: the model loads, but its weights are not hashed again
     _run(bench_cli, digits_root, cache_dir, tmp_path / "prompts", "--prompts", "simple-zh")
-    assert loads == {"model": 2, "hash": 1} and count_images["n"] == 40
+    assert loads == {"text": 2, "model": 2, "hash": 1} and count_images["n"] == 40
 
 
 def _edit_one_weight(path, keep_mtime: bool) -> None:

@@ -102,6 +102,7 @@ class Backend(ABC):
         self.cache_dir = cache_dir
         self._compiled: Callable | None = None
         self._identity: dict | None = None
+        self._known_values: dict | None = None
         self._state = {"text": False, "model": False}
 
     def __getattr__(self, name: str):
@@ -154,18 +155,9 @@ class Backend(ABC):
         return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(self.preprocess))
 
     def identity(self) -> dict:
-        """Everything that changes image features: for cache keys and result manifests.
-
-        The weights hash and preprocess are memoised in the cache directory under a key made of the
-        spec, the library versions and the stat (size, mtime, ctime, inode) of every source file; any
-        change to those misses the memo and recomputes them from the loaded model."""
+        """Everything that changes image features: for cache keys and result manifests."""
         if self._identity is None:
-            memo, key = self._memo()
-            known = memo.load(key) if memo is not None else None
-            if known is None:
-                known = {"weights": fingerprint_module(self.model), "preprocess": self.preprocess_id}
-                if memo is not None:
-                    memo.save(key, known)
+            known = self._known()
             self._identity = {
                 "name": self.spec.name,
                 "backend": self.spec.backend,
@@ -175,6 +167,39 @@ class Backend(ABC):
                 "preprocess": known["preprocess"],
             }
         return self._identity
+
+    def text_identity(self) -> dict:
+        """Everything that changes text embeddings: for the text cache key."""
+        ident = {k: v for k, v in self.identity().items() if k != "preprocess"}
+        return {**ident, "context_length": self._known()["context_length"], "class": type(self).__name__}
+
+    def unknown_tokens(self, texts: list[str]) -> list[str]:
+        """The texts whose tokens include the tokenizer's unknown token, memoised like the identity
+        (a fully cached run then needs no tokenizer, and no import of the library behind it)."""
+        texts = list(texts)
+        known = self._known()
+        key = content_key({"kind": "unknown-tokens", "texts": texts})
+        if key not in known["unknown"]:
+            known["unknown"][key] = [t for t in texts if self.check_text(t).unknown]
+            memo, memo_key = self._memo()
+            if memo is not None:
+                memo.save(memo_key, known)
+        return list(known["unknown"][key])
+
+    def _known(self) -> dict:
+        """Weights hash, preprocess, context length and [UNK] verdicts, memoised in the cache directory
+        under a key made of the spec, the library versions and the stat (size, mtime, ctime, inode) of
+        every source file; any change to those misses the memo and recomputes them from the model."""
+        if self._known_values is None:
+            memo, key = self._memo()
+            known = memo.load(key) if memo is not None else None
+            if known is None or not {"weights", "preprocess", "context_length", "unknown"} <= known.keys():
+                known = {"weights": fingerprint_module(self.model), "preprocess": self.preprocess_id,
+                         "context_length": int(self.context_length), "unknown": {}}
+                if memo is not None:
+                    memo.save(key, known)
+            self._known_values = known
+        return self._known_values
 
     def _memo(self) -> tuple[IdentityMemo | None, str]:
         files = self.source_files() if self.cache_dir is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -30,22 +31,28 @@ class _DropOpenClipLogs(logging.Filter):
         return "open_clip" not in record.pathname
 
 
+def _open_clip():
+    import open_clip
+
+    return open_clip
+
+
 class OpenClipBackend(Backend):
     PACKAGE = "open_clip_torch"
 
     def __init__(self, spec, device="cpu", cache_dir=None):
         super().__init__(spec, device, cache_dir)
-        try:
-            import open_clip  # noqa: F401 (fail here, with the install hint, not at first use)
-        except ImportError:
-            raise missing_dependency("open_clip_torch", "pip install open_clip_torch") from None
+        # found, not imported: importing open_clip costs about a second, which a cached run can skip
+        if importlib.util.find_spec("open_clip") is None:
+            raise missing_dependency("open_clip_torch", "pip install open_clip_torch")
         name = spec.model
         self.pretrained = None if name.startswith(SCHEMAS) else spec.pretrained
         if name.startswith("local-dir:") and not (Path(name[len("local-dir:"):]) / "open_clip_config.json").is_file():
             raise BenchError(f"{spec.name}: {name[len('local-dir:'):]} has no open_clip_config.json; "
                              "save the model with open_clip's push_to_hf_hub/save layout or fix the path")
-        if not name.startswith(SCHEMAS) and name not in open_clip.list_models():
+        if not name.startswith(SCHEMAS) and name not in (open_clip := _open_clip()).list_models():
             from bench.registry import unknown
+
             raise unknown("open_clip architecture", name, open_clip.list_models(), hint=f"in model '{spec.name}'")
 
     def _weights_cache(self) -> Path | None:
