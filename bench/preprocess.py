@@ -31,3 +31,52 @@ def squash_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> 
         T.ToTensor(),
         T.Normalize(mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std)),
     ])
+
+
+class PilToUint8:
+    """The PIL steps of a transform, then the image as a uint8 CHW tensor (what ToTensor starts from)."""
+
+    def __init__(self, head):
+        self.head = head
+
+    def __call__(self, img: Image.Image):
+        import numpy as np
+        import torch
+
+        img = self.head(img)
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+class BatchToFloat:
+    """ToTensor's scaling and Normalize, on a whole uint8 batch: the same elementwise operations in the same
+    order as per image, so the result is bit-identical."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+    def __call__(self, batch):
+        import torch
+
+        x = batch.to(dtype=torch.float32).div(255)
+        mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+def split_for_workers(transform) -> tuple[object, BatchToFloat | None]:
+    """(per-image part, per-batch part) of a transform. A torchvision Compose that ends in ToTensor +
+    Normalize is split so that DataLoader workers decode and resize only, and hand over uint8 tensors (a
+    quarter of the bytes); the float conversion and normalisation run once per batch in the main process,
+    on the model's device. Any other transform runs whole in the workers."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(transform, "transforms", []))
+    if not isinstance(transform, T.Compose) or len(steps) < 2:
+        return transform, None
+    to_tensor, norm = steps[-2], steps[-1]
+    # open_clip's MaybeToTensor is a ToTensor that lets tensors through; ours get PIL images only
+    if not isinstance(to_tensor, T.ToTensor) or type(norm) is not T.Normalize or norm.inplace:
+        return transform, None
+    return PilToUint8(T.Compose(steps[:-2])), BatchToFloat(norm.mean, norm.std)
