@@ -275,3 +275,20 @@ def test_stratified_holdout_is_seeded_and_stratified():
     a, b = stratified_holdout(targets, 0.2, 0), stratified_holdout(targets, 0.2, 0)
     assert a == b and sorted(targets[i] for i in a) == [0, 0, 1]
     assert stratified_holdout(targets, 0.2, 1) != a
+
+
+def test_studies_warn_about_and_record_unknown_token_labels(bench_cli, cache_dir, digits_root, tmp_path, caplog):
+    """A label variant with a name outside the model's vocabulary is flagged, as `bench run` flags it."""
+    code, _, err = bench_cli("study", "negation", *common(cache_dir, digits_root, tmp_path / "neg", "--variant",
+                                                           "default", "--no-probe"))
+    assert code == 0, err
+    default = read(tmp_path / "neg", "study-negation")["variants"][0]
+    assert default["labels_with_unknown_tokens"] == []
+    odd = tmp_path / "odd.yaml"
+    odd.write_text(yaml.safe_dump({"labels": [*default["labels"][:9], "鸸鹋"]}, allow_unicode=True), encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        code, _, err = bench_cli("study", "labels", *common(cache_dir, digits_root, tmp_path / "odd", "--variant", odd))
+    assert code == 0, err
+    study = read(tmp_path / "odd", "study-labels")
+    assert study["labels_with_unknown_tokens"] == {"baseline": [], "variant": ["鸸鹋"]}
+    assert "1 class name(s)" in caplog.text and "鸸鹋" in caplog.text

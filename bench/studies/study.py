@@ -17,7 +17,7 @@ from bench.errors import BenchError
 from bench.labels import Labels, label_file, parse_label_file, resolve_labels
 from bench.models import ModelSpec, resolve_model
 from bench.prompts import PromptSet, load_prompt_set
-from bench.runner import DatasetRef, Runner, RunOptions, load_data, resolve_datasets, target_array
+from bench.runner import DatasetRef, Runner, RunOptions, load_data, resolve_datasets, target_array, unknown_labels
 from bench.studies import compute
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,15 @@ class Study:
         return self.split(spec, load_data(ref, self.opts.split, self.opts.limit))
 
     def labels(self, spec: ModelSpec, ref: DatasetRef, arg: str | None) -> Labels:
-        return resolve_labels(arg, ref.spec, self.runner.language(spec), None if arg != "dataset" else
-                              load_data(ref, self.opts.split, None))
+        """The labels `arg` names; warns, as `bench run` does, about names that tokenize to [UNK]."""
+        labels = resolve_labels(arg, ref.spec, self.runner.language(spec), None if arg != "dataset" else
+                                load_data(ref, self.opts.split, None))
+        unknown_labels(self.runner.backend(spec), labels)
+        return labels
+
+    def unknown(self, spec: ModelSpec, labels: Labels) -> list[str]:
+        """The class names of `labels` that tokenize to [UNK] (memoised per model)."""
+        return self.runner.backend(spec).unknown_tokens(list(labels.names))
 
     def weights(self, spec: ModelSpec, ps: PromptSet, dataset: str, names: tuple[str, ...] | Labels) -> torch.Tensor:
         """[C, T, D] prompt embeddings, from the text cache (keyed by model × rendered prompts)."""
@@ -235,6 +242,7 @@ def negation_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, variants: lis
     for v in (variants or default_variants(spec, st, ref)):
         labels, m, rep = labels_result(st, spec, ref, ps, test, v)
         rows.append({"name": v or "default", "source": labels.description, "labels": list(labels.names),
+                     "labels_with_unknown_tokens": st.unknown(spec, labels),
                      "primary": m["primary"], "top1": m["top1"], **rep})
     result = {**st.header("study-negation", spec, ref, test, t0, ps, prompts=ps.name), "variants": rows}
     if probe:
@@ -291,6 +299,7 @@ def labels_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, variant: str, b
     result = {
         **st.header("study-labels", spec, ref, test, t0, ps, prompts=ps.name),
         "baseline": b["labels"].description, "variant": v["labels"].description,
+        "labels_with_unknown_tokens": {role: st.unknown(spec, out[role]["labels"]) for role in out},
         "primary": {"baseline": b["metrics"]["primary"], "variant": v["metrics"]["primary"],
                     "delta": v["metrics"]["primary"] - b["metrics"]["primary"]},
         "top1": {"baseline": b["metrics"]["top1"], "variant": v["metrics"]["top1"],
