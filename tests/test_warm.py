@@ -105,3 +105,15 @@ def test_lazy_attributes_load_once_and_errors_stay_attribute_errors(cache_dir, l
     with pytest.raises(AttributeError):
         backend.no_such_attribute  # noqa: B018
     assert loads["model"] == 1
+
+
+def test_an_attribute_error_inside_a_loader_is_not_mistaken_for_a_missing_attribute(cache_dir, monkeypatch):
+    from bench.models import resolve_model
+
+    def broken(self):
+        return self.model.visual.no_such_config  # a library change, say
+
+    monkeypatch.setattr(DemoBackend, "_load_model", broken)
+    backend = DemoBackend(resolve_model("demo"), cache_dir=cache_dir)
+    with pytest.raises(RuntimeError, match="loading the model of demo failed: "):
+        backend.preprocess  # noqa: B018

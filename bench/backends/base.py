@@ -120,7 +120,11 @@ class Backend(ABC):
         """Load the text side (tokenizer) or the model (weights, preprocess) now, if not loaded yet."""
         if not self._state[part]:
             self._state[part] = True  # set first: a failed load raises, it is not retried per attribute
-            (self._load_text if part == "text" else self._load_model)()
+            try:
+                (self._load_text if part == "text" else self._load_model)()
+            except AttributeError as exc:
+                # raised out of __getattr__ it would read as "no such attribute" on the backend
+                raise RuntimeError(f"loading the {part} of {self.spec.name} failed: {exc}") from exc
 
     @property
     def model_loaded(self) -> bool:
