@@ -29,13 +29,17 @@ COMPILE_POLICIES = ("auto", "on", "off")
 COMPILE_WORTH_S = {"cpu": 60.0, "cuda": 300.0}
 
 
-def should_compile(policy: str, device: str, eager_s_per_image: float, images_left: int) -> bool:
-    """Whether to switch the image tower to torch.compile, from one timed eager batch."""
+def should_compile(policy: str, device: str, eager_s_per_image: float, images_left: int,
+                   worth_s: float | None = None) -> bool:
+    """Whether to switch the image tower to torch.compile, from one timed eager batch (`worth_s`: the
+    eager time left above which compiling pays, default COMPILE_WORTH_S for the device)."""
     if policy not in COMPILE_POLICIES:
         raise BenchError(f"--compile must be one of {', '.join(COMPILE_POLICIES)}, got '{policy}'")
     if policy != "auto":
         return policy == "on"
-    return eager_s_per_image * images_left > COMPILE_WORTH_S.get(device, COMPILE_WORTH_S["cuda"])
+    if worth_s is None:
+        worth_s = COMPILE_WORTH_S.get(device, COMPILE_WORTH_S["cuda"])
+    return eager_s_per_image * images_left > worth_s
 
 
 class ImageEncoder:
@@ -47,10 +51,8 @@ class ImageEncoder:
     so the choice is recorded in results but is not part of the feature cache key."""
 
     def __init__(self, backend: Backend, policy: str, total: int, worth_s: float | None = None):
-        device = backend.device.type
-        should_compile(policy, device, 0.0, 0)  # validate the name before any work
-        self.backend, self.policy, self.left = backend, policy, total
-        self.worth_s = COMPILE_WORTH_S.get(device, COMPILE_WORTH_S["cuda"]) if worth_s is None else worth_s
+        should_compile(policy, backend.device.type, 0.0, 0)  # validate the name before any work
+        self.backend, self.policy, self.left, self.worth_s = backend, policy, total, worth_s
         # eager-timing (auto, first batch) → eager | compile-next → compiled | eager
         self.state = {"auto": "eager-timing", "on": "compile-next", "off": "eager"}[policy]
         self.compile_s = 0.0  # wall time of the first compiled call: compiling plus that batch
@@ -67,11 +69,13 @@ class ImageEncoder:
             return self.backend.encode_images(pixels, compiled=True) if self.compiled else self.backend.encode_images(pixels)
         start = time.perf_counter()
         out = self.backend.encode_images(pixels)
-        eager_left = (time.perf_counter() - start) / max(len(pixels), 1) * self.left
-        self.state = "compile-next" if eager_left > self.worth_s else "eager"
-        if self.state == "compile-next":
+        per_image = (time.perf_counter() - start) / max(len(pixels), 1)
+        if should_compile(self.policy, self.backend.device.type, per_image, self.left, self.worth_s):
+            self.state = "compile-next"
             log.info("compiling the image tower of %s (about %.0f s of eager encoding left; --compile off skips this)",
-                     self.backend.spec.name, eager_left)
+                     self.backend.spec.name, per_image * self.left)
+        else:
+            self.state = "eager"
         return out
 
     def _first_compiled(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -103,6 +103,7 @@ class Backend(ABC):
         self._compiled: Callable | None = None
         self._identity: dict | None = None
         self._known_values: dict | None = None
+        self._memo_entry: tuple[IdentityMemo | None, str] | None = None
         self._state = {"text": False, "model": False}
 
     def __getattr__(self, name: str):
@@ -125,10 +126,6 @@ class Backend(ABC):
             except AttributeError as exc:
                 # raised out of __getattr__ it would read as "no such attribute" on the backend
                 raise RuntimeError(f"loading the {part} of {self.spec.name} failed: {exc}") from exc
-
-    @property
-    def model_loaded(self) -> bool:
-        return self._state["model"] and "model" in self.__dict__
 
     @abstractmethod
     def _load_text(self) -> None: ...
@@ -206,6 +203,13 @@ class Backend(ABC):
         return self._known_values
 
     def _memo(self) -> tuple[IdentityMemo | None, str]:
+        """The memo and this model's key in it ((None, "") without a cache dir or nameable files);
+        computed once per backend: finding the files may import the model's library."""
+        if self._memo_entry is None:
+            self._memo_entry = self._memo_key()
+        return self._memo_entry
+
+    def _memo_key(self) -> tuple[IdentityMemo | None, str]:
         files = self.source_files() if self.cache_dir is not None else None
         if not files:
             return None, ""
