@@ -206,7 +206,9 @@ def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, b
                 if encoder.state == "compile-next":
                     bar.set_postfix_str("compiling")
                 if pixels is not None and per_batch is not None:
-                    pixels = per_batch(pixels.to(backend.device, non_blocking=True))
+                    # on the CPU, like ToTensor: CUDA divides by a scalar as a multiply by its inverse,
+                    # which differs in the last bit for about half the pixel values
+                    pixels = per_batch(pixels)
                 feats = encoder(pixels).cpu() if pixels is not None else None
                 bar.set_postfix_str("compiled" if encoder.compiled else "")
                 shards.update(writer.add(feats, idxs, errors))

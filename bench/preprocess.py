@@ -69,7 +69,7 @@ def split_for_workers(transform) -> tuple[object, BatchToFloat | None]:
     """(per-image part, per-batch part) of a transform. A torchvision Compose that ends in ToTensor +
     Normalize is split so that DataLoader workers decode and resize only, and hand over uint8 tensors (a
     quarter of the bytes); the float conversion and normalisation run once per batch in the main process,
-    on the model's device. Any other transform runs whole in the workers."""
+    on the CPU as ToTensor does. Any other transform runs whole in the workers."""
     from torchvision import transforms as T
 
     steps = list(getattr(transform, "transforms", []))

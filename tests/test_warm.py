@@ -117,3 +117,60 @@ def test_an_attribute_error_inside_a_loader_is_not_mistaken_for_a_missing_attrib
     backend = DemoBackend(resolve_model("demo"), cache_dir=cache_dir)
     with pytest.raises(RuntimeError, match="loading the model of demo failed: "):
         backend.preprocess  # noqa: B018
+
+
+def test_model_folders_under_a_dot_cache_folder_are_memoised(tmp_path):
+    """~/.cache/huggingface/hub holds most models: only `.cache` inside the model folder is skipped."""
+    folder = tmp_path / ".cache" / "hub" / "model"
+    (folder / ".cache").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "weights.safetensors").write_bytes(b"w")
+    (folder / ".cache" / "download.lock").write_text("")
+    assert base.folder_files(folder) == [folder / "config.json", folder / "weights.safetensors"]
+
+
+def test_memo_key_follows_benchs_own_code(cache_dir, monkeypatch):
+    """An editable install keeps its version number through edits: the code that builds the model keys
+    the memo instead (here: an edit of the demo model's module)."""
+    from pathlib import Path
+
+    from bench.models import resolve_model
+
+    spec = resolve_model("demo")
+    before = DemoBackend(spec, cache_dir=cache_dir)._memo()[1]
+    original = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes",
+                        lambda self: original(self) + (b"# edited" if self.name == "model.py" else b""))
+    assert DemoBackend(spec, cache_dir=cache_dir)._memo()[1] != before
+
+
+def test_files_changing_while_the_model_loads_stop_the_run(cache_dir):
+    """The identity was taken from one set of files; if loading sees others (a hub download fetched a
+    newer revision), features must not be cached under the old identity."""
+    from bench.errors import BenchError
+    from bench.models import resolve_model
+
+    DemoBackend(resolve_model("demo"), cache_dir=cache_dir).identity()  # fill the memo
+    backend = DemoBackend(resolve_model("demo"), cache_dir=cache_dir)
+    backend.identity()  # from the memo: nothing loaded yet
+    _edit_one_weight(cache_dir / "models" / "demo-digits-v1" / "model.safetensors", keep_mtime=False)
+    with pytest.raises(BenchError, match="the files of demo changed while bench was loading it"):
+        backend.model  # noqa: B018
+
+
+def test_a_broken_open_clip_install_is_one_line_with_the_fix(monkeypatch):
+    import builtins
+
+    from bench.backends.openclip import _open_clip
+    from bench.errors import BenchError
+
+    real_import = builtins.__import__
+
+    def no_ftfy(name, *args, **kwargs):
+        if name == "open_clip":
+            raise ImportError("No module named 'ftfy'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ftfy)
+    with pytest.raises(BenchError, match=r"pip install open_clip_torch \(No module named 'ftfy'\)"):
+        _open_clip()

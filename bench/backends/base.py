@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +51,9 @@ def _version(package: str) -> str:
 
 def folder_files(folder: Path) -> list[Path] | None:
     """Every regular file under `folder` (a saved model), sorted; None if there is none."""
-    files = sorted(f for f in Path(folder).expanduser().rglob("*") if f.is_file() and ".cache" not in f.parts)
+    root = Path(folder).expanduser()
+    # `.cache` inside a saved model is download bookkeeping; the folder itself may well sit in ~/.cache
+    files = sorted(f for f in root.rglob("*") if f.is_file() and ".cache" not in f.relative_to(root).parts)
     return files or None
 
 
@@ -126,6 +129,12 @@ class Backend(ABC):
             except AttributeError as exc:
                 # raised out of __getattr__ it would read as "no such attribute" on the backend
                 raise RuntimeError(f"loading the {part} of {self.spec.name} failed: {exc}") from exc
+            taken = self._memo_entry[1] if self._memo_entry is not None else ""
+            if taken and self._memo_key()[1] != taken:
+                # e.g. a hub download fetched a newer revision after the identity was taken from the old
+                # files: features would be cached under the old weights' identity
+                raise BenchError(f"the files of {self.spec.name} changed while bench was loading it (a newer "
+                                 "revision downloaded?); run again, or pin `pretrained:` to a commit")
 
     @abstractmethod
     def _load_text(self) -> None: ...
@@ -213,11 +222,24 @@ class Backend(ABC):
         files = self.source_files() if self.cache_dir is not None else None
         if not files:
             return None, ""
-        versions = {pkg: _version(pkg) for pkg in ("torch", "torchvision", self.PACKAGE) if pkg}
+        packages = ("torch", "torchvision", "transformers", "tokenizers", self.PACKAGE)
+        versions = {pkg: _version(pkg) for pkg in packages if pkg}
         key = content_key({"kind": "identity", "class": type(self).__name__, "spec": {
             k: getattr(self.spec, k) for k in ("backend", "model", "pretrained", "preprocess")},
-            "versions": {**versions, "bench": _version("bench")}, "files": [file_signature(f) for f in files]})
+            "versions": versions, "code": self._code_fingerprint(), "files": [file_signature(f) for f in files]})
         return IdentityMemo(Path(self.cache_dir)), key
+
+    def _code_fingerprint(self) -> str:
+        """A hash of bench's own code that builds this model and its transform: the backend's package
+        (every module beside it), the base class and bench.preprocess. bench's version number does not
+        change with each edit of an editable install, so the code itself keys the memo."""
+        here = Path(__file__).resolve()
+        own = Path(sys.modules[type(self).__module__].__file__).resolve()
+        sources = sorted({*own.parent.glob("*.py"), here, here.parents[1] / "preprocess.py"})
+        h = hashlib.sha256()
+        for path in sources:
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+        return h.hexdigest()
 
     # -- encoding -----------------------------------------------------------------------------
     def autocast(self):

@@ -32,8 +32,10 @@ class _DropOpenClipLogs(logging.Filter):
 
 
 def _open_clip():
-    import open_clip
-
+    try:
+        import open_clip
+    except ImportError as exc:  # installed but broken (a dependency missing): still one line with the fix
+        raise missing_dependency("open_clip_torch", f"pip install open_clip_torch ({exc})") from None
     return open_clip
 
 
@@ -69,20 +71,20 @@ class OpenClipBackend(Backend):
         if p and Path(p).is_file():
             return [Path(p)]
         if p:  # a registry tag: the snapshot of its hub repo in our download folder
-            import open_clip
+            open_clip = _open_clip()
 
             hub = (open_clip.get_pretrained_cfg(name, p) or {}).get("hf_hub", "")
             return hub_snapshot_files(self._weights_cache(), "/".join(hub.split("/")[:2])) if hub else None
         return None  # random init: nothing on disk names these weights
 
     def _load_text(self) -> None:
-        import open_clip
+        open_clip = _open_clip()
 
         self.tokenizer = open_clip.get_tokenizer(self.spec.model)
         self.context_length = int(self.tokenizer.context_length)
 
     def _load_model(self) -> None:
-        import open_clip
+        open_clip = _open_clip()
 
         spec, name, pretrained = self.spec, self.spec.model, self.pretrained
         quiet = _DropOpenClipLogs()  # open_clip logs its own download error on the root logger
