@@ -66,7 +66,7 @@ class ImageEncoder:
         if self.state == "compile-next":
             return self._first_compiled(pixels)
         if self.state != "eager-timing":
-            return self.backend.encode_images(pixels, compiled=True) if self.compiled else self.backend.encode_images(pixels)
+            return self.backend.encode_images(pixels, compiled=self.compiled)
         start = time.perf_counter()
         out = self.backend.encode_images(pixels)
         per_image = (time.perf_counter() - start) / max(len(pixels), 1)

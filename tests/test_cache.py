@@ -127,11 +127,11 @@ def test_interrupted_shards_are_reused(tmp_path, toy, monkeypatch):
     original = Backend.encode_images
     seen = {"n": 0}
 
-    def dying(self, pixels):
+    def dying(self, pixels, compiled=False):
         seen["n"] += 1
         if seen["n"] == 3:
             raise KeyboardInterrupt
-        return original(self, pixels)
+        return original(self, pixels, compiled)
 
     monkeypatch.setattr(Backend, "encode_images", dying)
     with pytest.raises(KeyboardInterrupt):

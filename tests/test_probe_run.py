@@ -12,9 +12,9 @@ def _counting(monkeypatch) -> list[int]:
     calls: list[int] = []
     original = Backend.encode_images
 
-    def encode_images(self, pixels):
+    def encode_images(self, pixels, compiled=False):
         calls.append(len(pixels))
-        return original(self, pixels)
+        return original(self, pixels, compiled)
 
     monkeypatch.setattr(Backend, "encode_images", encode_images)
     return calls

@@ -58,9 +58,9 @@ def test_cache_writer_holds_at_most_a_shard_and_a_batch(cache_dir, digits_root):
     encoded = [0]
     inner = backend.encode_images
 
-    def counting(pixels):
+    def counting(pixels, compiled=False):
         encoded[0] += len(pixels)
-        return inner(pixels)
+        return inner(pixels, compiled)
 
     backend.encode_images = counting
     cache = CountingCache(cache_dir, 16, encoded)

@@ -104,7 +104,6 @@ class Backend(ABC):
         self.device = resolve_device(device)
         self.cache_dir = cache_dir
         self._compiled: Callable | None = None
-        self._identity: dict | None = None
         self._known_values: dict | None = None
         self._memo_entry: tuple[IdentityMemo | None, str] | None = None
         self._state = {"text": False, "model": False}
@@ -166,17 +165,15 @@ class Backend(ABC):
 
     def identity(self) -> dict:
         """Everything that changes image features: for cache keys and result manifests."""
-        if self._identity is None:
-            known = self._known()
-            self._identity = {
-                "name": self.spec.name,
-                "backend": self.spec.backend,
-                "model": self.spec.model,
-                "pretrained": self.spec.pretrained,
-                "weights": known["weights"],
-                "preprocess": known["preprocess"],
-            }
-        return self._identity
+        known = self._known()
+        return {
+            "name": self.spec.name,
+            "backend": self.spec.backend,
+            "model": self.spec.model,
+            "pretrained": self.spec.pretrained,
+            "weights": known["weights"],
+            "preprocess": known["preprocess"],
+        }
 
     def text_identity(self) -> dict:
         """Everything that changes text embeddings: for the text cache key."""

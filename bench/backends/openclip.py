@@ -72,20 +72,17 @@ class OpenClipBackend(Backend):
             return [Path(p)]
         if p:  # a registry tag: the snapshot of its hub repo in our download folder
             open_clip = _open_clip()
-
             hub = (open_clip.get_pretrained_cfg(name, p) or {}).get("hf_hub", "")
             return hub_snapshot_files(self._weights_cache(), "/".join(hub.split("/")[:2])) if hub else None
         return None  # random init: nothing on disk names these weights
 
     def _load_text(self) -> None:
         open_clip = _open_clip()
-
         self.tokenizer = open_clip.get_tokenizer(self.spec.model)
         self.context_length = int(self.tokenizer.context_length)
 
     def _load_model(self) -> None:
         open_clip = _open_clip()
-
         spec, name, pretrained = self.spec, self.spec.model, self.pretrained
         quiet = _DropOpenClipLogs()  # open_clip logs its own download error on the root logger
         logging.getLogger().addFilter(quiet)
