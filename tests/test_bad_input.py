@@ -1,4 +1,4 @@
-"""Every row of the README's "What happens on bad input" table: one `error:` line, exit 2, no traceback,
+"""Every row of the "What happens on bad input" table (docs/reliability.md): one `error:` line, exit 2, no traceback,
 no result JSON and no finished cache entry."""
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ STARTERS = {
 HEADER = """\
 # Prompt set `{name}` ({language}) — scaffolded by `bench prompts new`.
 #
-# Format (see README, "Authoring a prompt set"):
+# Format (see docs/prompts-and-labels.md, "Authoring a prompt set"):
 #   name:        the set's name; results record it, and `--prompts {name}` finds it once the file
 #                is under prompts/ (or pass the file path: `--prompts path/to/{name}.yaml`).
 #   language:    en or zh. Labels are taken in this language; `bench prompts lint` checks
