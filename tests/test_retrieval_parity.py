@@ -35,3 +35,21 @@ def test_equals_cn_clip_evaluation(tmp_path):
         mean, r1, r5, r10 = mod.compute_score(str(tmp_path / f"{gold}.jsonl"), str(tmp_path / f"{pred}.jsonl"))
         assert [r1, r5, r10] == pytest.approx([100 * ours[f"{d}_r@{k}"] for k in (1, 5, 10)])
     assert 0 < ours["t2i_r@1"] < 1 and 0 < ours["i2t_r@1"] < 1
+
+
+def test_equals_clip_benchmark_zeroshot_retrieval():
+    zr = pytest.importorskip("clip_benchmark.metrics.zeroshot_retrieval")
+    torch = pytest.importorskip("torch")
+    img, txt, ti = _data(seed=5, n_img=25, per=5)
+    ti[3] = [0, 4]  # CLIP_benchmark's positive_pairs matrix allows several images per caption
+    scores = torch.from_numpy(txt @ img.T)
+    pos = torch.zeros_like(scores, dtype=torch.bool)
+    for t, ims in enumerate(ti):
+        pos[t, ims] = True
+    ours = retrieval_metrics(img, txt, ti, block_size=4)
+    for k in (1, 5, 10):
+        # Same reduction as clip_benchmark's evaluate(): recall_at_k > 0, averaged over queries.
+        t2i = (zr.batchify(zr.recall_at_k, scores, pos, 7, "cpu", k=k) > 0).float().mean().item()
+        i2t = (zr.batchify(zr.recall_at_k, scores.T, pos.T, 7, "cpu", k=k) > 0).float().mean().item()
+        assert ours[f"t2i_r@{k}"] == pytest.approx(t2i)
+        assert ours[f"i2t_r@{k}"] == pytest.approx(i2t)
