@@ -21,3 +21,13 @@ def test_version_flag(capsys):
 def test_bad_device_is_one_line_error(device):
     with pytest.raises(BenchError, match="--device"):
         resolve_device(device)
+
+
+def test_unreadable_archive_member_message_is_stable(tmp_path):
+    from bench.datasets.base import ImageFiles
+    (tmp_path / "shard-0.tar").write_bytes(b"x" * 64)
+    ds = ImageFiles(tmp_path, ("shard-0.tar/0001.jpg",), transform=lambda im: im, spans=(("shard-0.tar", 0, 32),))
+    _, i, err = ds[0]
+    assert i == 0 and "0001.jpg" in err
+    assert "0x" not in err and "BytesIO" not in err
+
