@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from bench import __version__
 from bench.cli_common import add_encoding_args, encoding_options, split_multi
 from bench.errors import BenchError
 from bench.paths import default_cache_dir, default_data_root
@@ -40,6 +41,7 @@ def _add_common_data(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Zero-shot image classification benchmarks "
                                      "for CLIP-family models, in Chinese and English.")
+    parser.add_argument("--version", action="version", version=f"bench {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -202,7 +202,7 @@ def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, b
             for pixels, idxs, errors in loader:
                 waited = time.perf_counter() - last
                 if errors and not skip_bad_images:
-                    raise BenchError(f"cannot read image {errors[0]}; fix or remove it, or pass --skip-bad-images")
+                    raise BenchError(f"cannot read image {errors[0][1]}; fix or remove it, or pass --skip-bad-images")
                 if encoder.state == "compile-next":
                     bar.set_postfix_str("compiling")
                 if pixels is not None and per_batch is not None:

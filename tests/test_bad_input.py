@@ -184,6 +184,7 @@ def test_bad_images_fail_naming_the_file(run, digits_root, tmp_path, cache_dir):
     code, _, err = run(data_root=root, dataset="digits")
     line = assert_clean_failure(code, err, tmp_path, cache_dir, expect="cannot read image")
     assert any(str(p) in line for p in bad) and "--skip-bad-images" in line
+    assert "cannot read image (" not in line  # the message, not a Python (index, message) tuple
 
 
 def test_skip_bad_images_records_the_count(run, digits_root, tmp_path, cache_dir):

@@ -75,7 +75,13 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BenchError(f"--device {device} asked for, but no CUDA GPU is available; use --device cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise BenchError(f"--device {device!r} is not a device torch knows ({exc}); use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise BenchError(f"--device {device!r} is not supported by bench; use auto, cpu, cuda or cuda:N")
+    return dev
 
 
 def missing_dependency(package: str, install: str) -> BenchError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +89,9 @@ class ImageFiles(torch.utils.data.Dataset):
                 img.load()
                 return self.transform(img), i, ""
         except Exception as exc:  # noqa: BLE001 - any decoder failure is reported with its path
-            return None, i, f"{path}: {type(exc).__name__}: {exc}"
+            # PIL names in-memory members by their repr (<_io.BytesIO object at 0x...>), which differs per run
+            msg = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the member's bytes", str(exc))
+            return None, i, f"{path}: {type(exc).__name__}: {msg}"
 
     def _open(self, i: int) -> Image.Image:
         if not self.spans:
