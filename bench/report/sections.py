@@ -503,6 +503,15 @@ def manifest_section(results: list[dict]) -> Section:
                                    "model identity", "data fingerprint", "created", "device", "file"], rows)])
 
 
+def unreadable_section(unreadable: list[tuple[str, str]]) -> Section:
+    """Result files the report could not read: their rows are missing from every table below."""
+    rows = [[text_cell(path), text_cell(error)] for path, error in unreadable]
+    return Section("unreadable", "Unreadable result files",
+                   f"{len(unreadable)} result file(s) could not be read; their results are missing from this "
+                   "report. Re-run those experiments or repair the files.",
+                   [Table("unreadable", ["file", "error"], rows, sortable=False)])
+
+
 def build_sections(results: list[dict], published: Published) -> list[Section]:
     """Every section that has data, in reading order."""
     notes = Notes()
