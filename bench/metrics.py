@@ -364,16 +364,17 @@ def get_metric(name: str) -> Metric:
 def compute_metrics(
     scores: np.ndarray, targets: np.ndarray, primary: str
 ) -> dict[str, float]:
-    """Standard report: ``top1``, ``top5`` (k clamped to C), ``mean_per_class``
-    (single-label only), ``primary`` and ``<primary name>`` (same value)."""
+    """Standard report: ``top1``, ``top5`` (None when C <= 5: every sample would be a hit),
+    ``mean_per_class`` (single-label only), ``primary`` and ``<primary name>`` (same value)."""
     metric = get_metric(primary)
     s = _as_scores(scores)
     t, multilabel = _as_targets(targets, s)
     if multilabel and not metric.multilabel_ok:
         raise ValueError(f"metric {metric.name!r} does not support multi-label targets")
-    out: dict[str, float] = {
+    out: dict[str, float | None] = {
         "top1": topk_accuracy(s, t, k=1),
-        "top5": topk_accuracy(s, t, k=5),
+        # top-5 of 5 or fewer classes is 1.0 by construction, not a measurement
+        "top5": topk_accuracy(s, t, k=5) if s.shape[1] > 5 else None,
     }
     if not multilabel:
         out["mean_per_class"] = mean_per_class_accuracy(s, t)

@@ -26,6 +26,7 @@ from bench.datasets.digits import prepare_digits
 from bench.datasets.registry import DatasetSpec, get_dataset, list_datasets
 from bench.datasets.sources import DatasetRef
 from bench.errors import BenchError
+from bench.experiment import experiment, result_stem, update_index
 from bench.features import ImageFeatures, image_features, text_embeddings
 from bench.labels import Labels, resolve_labels
 from bench.metrics import compute_metrics
@@ -316,7 +317,10 @@ class Runner:
             result["prompts"] = ps.name
         folder_out = opts.out / spec.name / ref.spec.name
         check_writable(folder_out, "output directory")
-        atomic_write_json(folder_out / "linear_probe.json", result)
+        result["experiment"] = ident = experiment(result, opts)
+        name = result_stem(ident) + ".json"
+        atomic_write_json(folder_out / name, result)
+        update_index(folder_out, name, ident)
         return result
 
     def probe_impl(self) -> str:
@@ -341,6 +345,9 @@ class Runner:
               indices: torch.Tensor) -> None:
         folder = self.opts.out / result["model"] / result["dataset"]
         check_writable(folder, "output directory")
+        # the file name is derived from the experiment's identity, so other experiments' results survive
+        result["experiment"] = ident = experiment(result, self.opts)
+        stem = result_stem(ident)
         if self.opts.save_predictions:
             buf = io.StringIO()
             w = csv.writer(buf, lineterminator="\n")
@@ -349,8 +356,9 @@ class Runner:
             for row, i in enumerate(indices.tolist()):
                 t = data.targets[i]
                 w.writerow([data.paths[i], t if isinstance(t, int) else ";".join(map(str, t)), int(preds[row])])
-            atomic_write_bytes(folder / "zeroshot.predictions.csv", buf.getvalue().encode("utf-8"))
-        atomic_write_json(folder / "zeroshot.json", result)
+            atomic_write_bytes(folder / f"{stem}.predictions.csv", buf.getvalue().encode("utf-8"))
+        atomic_write_json(folder / f"{stem}.json", result)
+        update_index(folder, f"{stem}.json", ident)
 
 
 # Task name → Runner method: `bench run --task` dispatches through this table.

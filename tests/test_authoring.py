@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from identity_helpers import latest_result
 
 from bench.authoring.lint import ERROR, WARNING, lint_label_file, lint_prompt_file, normalize_text
 from bench.datasets.registry import find_dataset, list_datasets
@@ -263,7 +264,7 @@ def test_eval_per_template_matches_single_template_runs(bench_cli, cache_dir, di
     def run(prompts: str, out_dir: Path) -> dict:
         code, _, err = bench_cli("run", *common, "--prompts", prompts, "--out", out_dir)
         assert code == 0, err
-        return json.loads((out_dir / "demo" / "digits" / "zeroshot.json").read_text())
+        return json.loads(latest_result(out_dir / "demo" / "digits", "zeroshot").read_text())
 
     for i, src in enumerate(templates):
         single = write(tmp_path / f"t{i}.yaml", f"name: t{i}\nlanguage: zh\ntemplates:\n  - {json.dumps(src)}\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from identity_helpers import latest_result
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -111,7 +112,7 @@ def test_second_run_with_other_prompts_or_labels_encodes_no_image(tmp_path, digi
     assert bench_cli("run", *common, "--out", tmp_path / "b", "--prompts", "simple-zh")[0] == 0
     assert bench_cli("run", *common, "--out", tmp_path / "c", "--labels", "numerals")[0] == 0
     assert calls["n"] == 60
-    res = json.loads((tmp_path / "c" / "demo" / "digits" / "zeroshot.json").read_text())
+    res = json.loads(latest_result(tmp_path / "c" / "demo" / "digits", "zeroshot").read_text())
     assert res["label_variant"] == "numerals"
     assert res["cache"]["images_encoded"] == 0
 

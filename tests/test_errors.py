@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from identity_helpers import latest_result
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import make_image_dataset, write_model_yaml  # noqa: E402
@@ -74,7 +75,7 @@ def test_unreadable_image_named(bench_cli, tmp_path, cache_dir):
     assert code == 0, err
     import json
 
-    res = json.loads((tmp_path / "runs" / "demo-en" / "toy" / "zeroshot.json").read_text())
+    res = json.loads(latest_result(tmp_path / "runs" / "demo-en" / "toy", "zeroshot").read_text())
     assert res["skipped_images"] == 1 and res["n_samples"] == 5
 
 

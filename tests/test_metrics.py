@@ -403,6 +403,8 @@ def test_registry():
 
 def _check_report(report: dict) -> None:
     for v in report.values():
+        if v is None:  # top5 on 5 or fewer classes
+            continue
         assert type(v) is float and 0.0 <= v <= 1.0 and not math.isnan(v)
 
 
@@ -418,11 +420,18 @@ def test_compute_metrics_single_label(primary):
     assert r["primary"] == r[primary] == METRICS[primary].fn(scores, targets)
 
 
-def test_compute_metrics_accuracy_equals_top1_and_top5_clamped():
+def test_compute_metrics_accuracy_equals_top1_and_top5_absent():
     scores, targets = _single_label_problem(2, c=3)
     r = compute_metrics(scores, targets, "accuracy")
     assert r["accuracy"] == r["primary"] == r["top1"]
-    assert r["top5"] == 1.0  # k clamped to 3 classes
+    assert r["top5"] is None  # 3 classes: top-5 would be 1.0 by construction, so it is not reported
+
+
+@pytest.mark.parametrize("c,absent", [(2, True), (4, True), (5, True), (6, False)])
+def test_compute_metrics_top5_only_when_it_can_miss(c, absent):
+    scores, targets = _single_label_problem(3, c=c)
+    r = compute_metrics(scores, targets, "accuracy")
+    assert (r["top5"] is None) == absent
 
 
 def test_compute_metrics_multilabel():
@@ -445,7 +454,7 @@ def test_compute_metrics_roc_auc_binary():
     assert set(r) == {"top1", "top5", "mean_per_class", "primary", "roc_auc"}
     _check_report(r)
     assert r["roc_auc"] == pytest.approx(skm.roc_auc_score(y, logits[:, 1] - logits[:, 0]))
-    assert r["top5"] == 1.0
+    assert r["top5"] is None
 
 
 def test_compute_metrics_errors():

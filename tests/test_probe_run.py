@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from identity_helpers import latest_result
+
 from bench.backends.base import Backend
 from bench.probe import comparison
 
@@ -32,8 +34,8 @@ def test_task_all_then_probe_reuses_cached_features(bench_cli, cache_dir, digits
     assert sum(calls) == n_train + n_test  # train and test each encoded once, shared by both tasks
 
     folder = out / "demo" / "digits"
-    zs = json.loads((folder / "zeroshot.json").read_text())
-    lp = json.loads((folder / "linear_probe.json").read_text())
+    zs = json.loads(latest_result(folder, "zeroshot").read_text())
+    lp = json.loads(latest_result(folder, "linear_probe").read_text())
     assert lp["task"] == "linear_probe" and lp["split"] == "test" and lp["n_samples"] == n_test
     assert lp["implementation"] == "torch" and lp["regularization"]["name"] == "C"
     assert lp["n_train"] + lp["n_val"] == n_train and lp["n_val"] > 0  # digits has no val: held out of train
@@ -52,7 +54,7 @@ def test_task_all_then_probe_reuses_cached_features(bench_cli, cache_dir, digits
     code, _, stderr = bench_cli("run", *common, "--task", "linear-probe", "--shots", "0")
     assert code == 0, stderr
     assert calls == []  # everything came from the feature cache
-    again = json.loads((folder / "linear_probe.json").read_text())
+    again = json.loads(latest_result(folder, "linear_probe").read_text())
     assert set(again["cache"]["images_encoded"].values()) == {0}
     assert again["few_shot"] == []
     assert again["metrics"] == lp["metrics"]  # same features, same protocol, same seeds

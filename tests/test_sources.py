@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from identity_helpers import latest_result
 from PIL import Image
 
 from bench.datasets import sources, wds
@@ -241,7 +242,7 @@ def test_run_from_each_source(source, tmp_path, digits_root, cache_dir, bench_cl
                                "--cache-dir", cache_dir, "--out", tmp_path / "runs", "--workers", "0",
                                "--limit", "80", "--no-progress")
     assert code == 0, err
-    result = json.loads((tmp_path / "runs" / "demo" / "digits" / "zeroshot.json").read_text())
+    result = json.loads(latest_result(tmp_path / "runs" / "demo" / "digits", "zeroshot").read_text())
     assert result["source"] == source and result["metric"] == "accuracy" and result["n_samples"] == 80
     assert result["metrics"]["primary"] == result["metrics"]["top1"] > 0.3  # chance is 0.1
 
@@ -263,7 +264,7 @@ def test_multilabel_run_writes_map(tmp_path, digits_root, cache_dir, bench_cli, 
     code, out, err = bench_cli("run", "--model", "demo", "--dataset", "digits", "--data-root", tmp_path / "root",
                                "--cache-dir", cache_dir, "--out", tmp_path / "runs", "--workers", "0", "--no-progress")
     assert code == 0, err
-    result = json.loads((tmp_path / "runs" / "demo" / "digits" / "zeroshot.json").read_text())
+    result = json.loads(latest_result(tmp_path / "runs" / "demo" / "digits", "zeroshot").read_text())
     assert result["metric"] == "11point_mAP" and result["source"] == "wds"
     assert result["metrics"]["primary"] == result["metrics"]["11point_mAP"]
     assert 0.2 < result["metrics"]["primary"] <= 1.0

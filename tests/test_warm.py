@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from identity_helpers import latest_result
 from safetensors.torch import load_file, save
 
 import bench.backends.base as base
@@ -42,7 +43,7 @@ def _run(bench_cli, digits_root, cache_dir, out, *extra) -> dict:
     code, _, err = bench_cli("run", "--model", "demo", "--dataset", "digits", "--data-root", digits_root,
                              "--cache-dir", cache_dir, "--out", out, "--workers", "0", "--limit", "40", *extra)
     assert code == 0, err
-    return json.loads((out / "demo" / "digits" / "zeroshot.json").read_text())
+    return json.loads(latest_result(out / "demo" / "digits", "zeroshot").read_text())
 
 
 def test_a_fully_cached_rerun_loads_no_weights(tmp_path, digits_root, cache_dir, bench_cli, loads, count_images):

@@ -13,7 +13,7 @@ import jinja2
 from bench.cache import atomic_write_bytes
 from bench.errors import BenchError
 from bench.report.published import Published, load_published
-from bench.report.sections import Figure, Matrix, build_sections, pct, zeroshot_matrix
+from bench.report.sections import Figure, Matrix, build_sections, pct, unreadable_section, zeroshot_matrix
 
 __all__ = ["FORMATS", "Matrix", "build_report", "load_results", "md_escape", "pct", "zeroshot_matrix"]
 
@@ -23,8 +23,11 @@ FORMATS = ("md", "html", "both")
 REQUIRED = ("model", "dataset", "task")
 
 
-def load_results(run_dirs: list[Path]) -> list[dict]:
-    """Every result JSON (a mapping with model, dataset and task) under the given folders."""
+def load_results(run_dirs: list[Path], unreadable: list[tuple[str, str]] | None = None) -> list[dict]:
+    """Every result JSON (a mapping with model, dataset and task) under the given folders.
+
+    Files that cannot be read or parsed are appended to ``unreadable`` as (path, error), so the
+    report can say on its page which rows are missing and why."""
     results = []
     for root in map(Path, run_dirs):
         if not root.exists():
@@ -35,6 +38,8 @@ def load_results(run_dirs: list[Path]) -> list[dict]:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 log.warning("skipping unreadable %s (%s)", path, exc)
+                if unreadable is not None:
+                    unreadable.append((str(path), f"{type(exc).__name__}: {exc}"))
                 continue
             if isinstance(data, dict) and all(isinstance(data.get(k), str) for k in REQUIRED):
                 data["_file"] = str(path.relative_to(root)) if path != root else path.name
@@ -65,13 +70,16 @@ def build_report(run_dirs: list[Path], out: Path, fmt: str = "both", published_d
     """Write report.md (+ charts/*.png beside it) and/or report.html; returns the files written."""
     if fmt not in FORMATS:
         raise BenchError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
-    results = load_results(run_dirs)
+    unreadable: list[tuple[str, str]] = []
+    results = load_results(run_dirs, unreadable)
     if not results:
         raise BenchError(f"no result JSON found under {', '.join(map(str, run_dirs))} "
                          "(expected <model>/<dataset>/<task>.json files from `bench run`)")
     if published is None:
         published = load_published(published_dir)
     sections = build_sections(results, published)
+    if unreadable:
+        sections.insert(0, unreadable_section(unreadable))
     charts = [b.chart for s in sections for b in s.blocks if isinstance(b, Figure)]
     ctx = {"sections": sections, "title": "bench report"}
     out = Path(out)

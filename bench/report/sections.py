@@ -132,18 +132,38 @@ def by_task(results: list[dict], task: str) -> list[dict]:
     return [r for r in results if r.get("task") == task]
 
 
+def settings_text(r: dict) -> str:
+    """What makes a result not the default experiment (split, limit, skipped images, language, prompts,
+    labels, protocol, precision), as shown next to its number; "" for the default experiment."""
+    from bench.experiment import non_default  # late: keeps report imports light
+
+    ident = r.get("experiment")
+    if isinstance(ident, dict):
+        diff = dict(non_default(ident))
+    else:  # results written before identities were recorded: what the file itself says
+        diff = {k: r[k] for k in ("split",) if r.get(k) not in (None, "test")}
+        if r.get("limit") is not None:
+            diff["limit"] = r["limit"]
+    skipped = r.get("skipped_images")
+    if isinstance(skipped, int) and skipped > 0:
+        diff["skip_bad_images"] = f"{skipped} skipped"
+    return ", ".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in diff.items())
+
+
 def row_labels(results: list[dict]) -> dict[int, str]:
-    """A row name per result: the model, plus language/prompts/labels when one model ran several ways."""
+    """A row name per result: the model, plus language/prompts/labels when one model ran several ways,
+    plus every non-default setting, so no subset or other-split number reads as the full test result."""
     configs: dict[str, set] = {}
     for r in results:
         configs.setdefault(r["model"], set()).add((r.get("language"), r.get("prompts"), r.get("labels")))
     out = {}
     for r in results:
+        name = r["model"]
         if len(configs[r["model"]]) > 1:
             extra = ", ".join(str(x) for x in (r.get("language"), r.get("prompts"), r.get("labels")) if x)
-            out[id(r)] = f"{r['model']} ({extra})"
-        else:
-            out[id(r)] = r["model"]
+            name = f"{r['model']} ({extra})"
+        settings = settings_text(r)
+        out[id(r)] = f"{name} [{settings}]" if settings else name
     return out
 
 
@@ -252,10 +272,18 @@ def published_section(results: list[dict], published: Published, notes: Notes) -
             delta = points_cell(c.delta, signed=True, classes=flagged)
             if c.delta is None and "not comparable" in c.flags:
                 delta = Cell("n/a", None, ("num", "flag"), title="different task: no delta")
-            rows.append([text_cell(r["model"]), text_cell(r["dataset"]), text_cell(ref.file), text_cell(ref.metric),
+            settings = settings_text(r)
+            flags = list(c.flags)
+            if settings:  # a subset, other split or other protocol is not the published experiment
+                flags.append(f"not like-for-like ({settings})")
+            flagged = ("flag",) if flags else ()
+            if settings and c.delta is not None:
+                delta = points_cell(c.delta, signed=True, classes=flagged)
+            model = f"{r['model']} [{settings}]" if settings else r["model"]
+            rows.append([text_cell(model), text_cell(r["dataset"]), text_cell(ref.file), text_cell(ref.metric),
                          points_cell(ref.value), points_cell(c.ours) if c.delta is not None or c.ours is not None
                          else Cell("n/a" if "not comparable" in c.flags else MISSING, None, ("num",)), delta,
-                         Cell(", ".join(c.flags) or MISSING, ", ".join(c.flags), flagged, marks),
+                         Cell(", ".join(flags) or MISSING, ", ".join(flags), flagged, marks),
                          Cell(ref.source, ref.source)])
     if not rows:
         return None
@@ -501,6 +529,15 @@ def manifest_section(results: list[dict]) -> Section:
     return Section("manifest", "Run manifest", "Every result file the report read.",
                    [Table("runs", ["model", "dataset", "task", "split", "language", "prompts", "labels", "n", "metric",
                                    "model identity", "data fingerprint", "created", "device", "file"], rows)])
+
+
+def unreadable_section(unreadable: list[tuple[str, str]]) -> Section:
+    """Result files the report could not read: their rows are missing from every table below."""
+    rows = [[text_cell(path), text_cell(error)] for path, error in unreadable]
+    return Section("unreadable", "Unreadable result files",
+                   f"{len(unreadable)} result file(s) could not be read; their results are missing from this "
+                   "report. Re-run those experiments or repair the files.",
+                   [Table("unreadable", ["file", "error"], rows, sortable=False)])
 
 
 def build_sections(results: list[dict], published: Published) -> list[Section]:
