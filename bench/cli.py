@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="evaluate in this language instead of the model's own")
     run.add_argument("--out", type=Path, default=Path("results/runs"), help="results folder (default: results/runs)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_protocol_args(run)
     add_encoding_args(run)
     run.add_argument("--save-predictions", action="store_true", help="also write zeroshot.predictions.csv")
     run.add_argument("--limit", type=int, default=None, help="evaluate at most N images per dataset (stratified)")
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     ml = msub.add_parser("list", help="list registered models")
     ml.add_argument("--json", action="store_true")
     ml.set_defaults(func=cmd_models_list)
+
+    protos = sub.add_parser("protocols", help="the protocol registry (published evaluation protocols)")
+    psub = protos.add_subparsers(dest="action", required=True)
+    pl = psub.add_parser("list", help="list registered protocols")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_protocols_list)
 
     report = sub.add_parser("report", help="HTML + Markdown report from result JSON")
     report.add_argument("runs", nargs="*", type=Path, default=[Path("results/runs")])
@@ -123,7 +130,7 @@ def cmd_run(args) -> int:
         split=args.split, prompts=args.prompts, labels=args.labels, language=args.language, device=args.device,
         **encoding, save_predictions=args.save_predictions, limit=args.limit,
         skip_bad_images=args.skip_bad_images, probe_impl=args.probe_impl, probe_init=args.probe_init,
-        shots=_shots(args), seeds=args.seeds,
+        shots=_shots(args), seeds=args.seeds, protocol=args.protocol, precision=args.precision,
         progress=sys.stderr.isatty() if args.progress is None else args.progress)
     results = run(split_multi(args.model), split_multi(args.dataset), opts, tasks)
     if not is_main_process():
@@ -172,6 +179,30 @@ def cmd_models_list(args) -> int:
         alias = ", ".join(sorted(a for a, t in aliases.items() if t == m.name))
         weights = f"{m.model}" + (f" ({m.pretrained})" if m.pretrained else "")
         print(f"{m.name:22} {m.backend:13} {m.language}  {weights}" + (f"  [alias: {alias}]" if alias else ""))
+    return 0
+
+
+def add_protocol_args(p: argparse.ArgumentParser) -> None:
+    """--protocol and --precision (see docs/protocols.md)."""
+    p.add_argument("--protocol", default="bench", help="evaluation protocol (`bench protocols list`; default: bench)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: the protocol's, else fp32 on CPU and bf16/fp16 autocast on GPU")
+
+
+def cmd_protocols_list(args) -> int:
+    import dataclasses
+
+    from bench.protocols import RUNNABLE, list_protocols
+
+    protos = list_protocols()
+    if args.json:
+        rows = [{**{k: v for k, v in dataclasses.asdict(p).items() if k != "path"}, "runnable": p.name in RUNNABLE}
+                for p in protos]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    for p in protos:
+        state = "" if p.name in RUNNABLE else "  [registered, not runnable yet]"
+        print(f"{p.name:10} {p.precision:5} {p.scores:10} {p.metric_implementation:14} {p.description}{state}")
     return 0
 
 

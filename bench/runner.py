@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import __version__, distributed, probe
+from bench import __version__, distributed, probe, protocols
 from bench.backends import load_backend
 from bench.backends.base import Backend, resolve_device
 from bench.cache import FeatureCache, TextCache, atomic_write_bytes, atomic_write_json, check_writable
@@ -55,6 +55,8 @@ class RunOptions:
     limit: int | None = None
     skip_bad_images: bool = False
     progress: bool = True
+    protocol: str = "bench"  # registered protocol (bench/registry/protocols/); see bench.protocols
+    precision: str = "auto"  # auto (the protocol's, else fp32 on CPU / bf16|fp16 autocast on GPU) | fp32 | bf16 | fp16
     compile: str = "auto"  # torch.compile the image tower: auto (when it pays off) | on | off
     shard_size: int | None = None  # images per cache shard (None: $BENCH_SHARD_SIZE, else 2048); torchrun's unit of work
     # linear probe / few-shot
@@ -135,9 +137,28 @@ def target_array(data: SplitData, indices: torch.Tensor) -> np.ndarray:
     return np.asarray([data.targets[i] for i in idx], dtype=np.int64)
 
 
-def result_header(spec: ModelSpec, ref: DatasetRef, data: SplitData, task: str, language: str) -> dict:
-    """The keys every result JSON starts with (contract)."""
-    return {"model": spec.name, "dataset": ref.spec.name, "split": data.split, "task": task, "language": language}
+def result_header(spec: ModelSpec, ref: DatasetRef, data: SplitData, task: str, language: str,
+                  protocol: str = "bench", precision: str | None = None) -> dict:
+    """The keys every result JSON starts with (contract), with the protocol and resolved precision."""
+    return {"model": spec.name, "dataset": ref.spec.name, "split": data.split, "task": task, "language": language,
+            "protocol": protocol, "precision": precision}
+
+
+def _resolve_run_precision(opts: RunOptions) -> str:
+    """Validate --protocol/--precision before any work and return the resolved precision.
+
+    The backends compute in bench's default precision only (fp32 on CPU, bf16/fp16 autocast on GPU) and the
+    feature cache is keyed by that, so another precision is refused rather than recorded but not applied."""
+    proto = protocols.load_protocol(opts.protocol)
+    protocols.check_runnable(proto)
+    device = resolve_device(opts.device)
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    resolved = protocols.resolve_precision(opts.precision, proto, device.type, bf16)
+    default = protocols.default_precision(device.type, bf16)
+    if resolved != default:
+        raise BenchError(f"precision {resolved} is not implemented yet on {device.type} (bench computes in "
+                         f"{default} there); use --precision auto or {default}")
+    return resolved
 
 
 def unknown_labels(backend: Backend, labels: Labels) -> list[str]:
@@ -208,7 +229,7 @@ class Runner:
         metrics = compute_metrics(logits, targets, ref.spec.metric)
         t2 = time.perf_counter()
         result = {
-            **result_header(spec, ref, data, "zeroshot", language),
+            **result_header(spec, ref, data, "zeroshot", language, self.opts.protocol, self.opts.precision),
             "prompts": ps.name,
             "labels": labels.description,
             "label_variant": labels.variant,
@@ -284,7 +305,8 @@ class Runner:
         few = probe.few_shot(train, val, test, shots=opts.shots, seeds=opts.seeds, **args) if opts.shots else []
         t3 = time.perf_counter()
         result = {
-            **result_header(spec, ref, test_data, "linear_probe", language),
+            **result_header(spec, ref, test_data, "linear_probe", language, self.opts.protocol,
+                            self.opts.precision),
             "n_samples": len(test),
             "n_classes": ref.spec.num_classes,
             "metric": ref.spec.metric,
@@ -388,6 +410,7 @@ def run(model_names: list[str], dataset_names: list[str], opts: RunOptions,
                              "(run --task zeroshot for these)")
     check_writable(opts.out, "output directory")
     opts = replace(opts, device=distributed.rank_device(opts.device))
+    opts = replace(opts, precision=_resolve_run_precision(opts))
     runner = Runner(opts)
     results = []
     with distributed.process_group(opts.device):

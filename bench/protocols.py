@@ -1,0 +1,106 @@
+"""Protocol registry: one YAML per protocol under bench/registry/protocols/ (see docs/protocols.md).
+
+A protocol fixes everything that changes a number apart from the model and the images. Only `bench` runs
+end to end so far; the others are registered (listed, recorded) and refused at run time with a clear error
+until their pieces land, rather than silently running under bench's settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cache
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.registry import load_yaml, unknown
+
+PROTOCOL_DIR = Path(__file__).parent / "registry" / "protocols"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCORES = ("logits", "softmax100")
+IMPLEMENTATIONS = ("bench", "elevater", "clip_benchmark")
+RUNNABLE = ("bench",)  # protocols whose every setting the runner implements today
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    name: str
+    description: str
+    templates: str
+    labels: str
+    text_normalisation: str
+    image_transform: str
+    precision: str
+    scores: str
+    metric_implementation: str
+    data: str
+    duplicate_labels: str = "error"
+    published: str | None = None
+    path: Path | None = None
+
+
+def _load(path: Path) -> Protocol:
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise BenchError(f"{path}: expected a mapping of protocol settings")
+    fields = {f.name for f in dataclasses.fields(Protocol)} - {"path"}
+    extra = sorted(set(raw) - fields)
+    if extra:
+        raise BenchError(f"{path}: unknown protocol key(s) {', '.join(extra)}; known: {', '.join(sorted(fields))}")
+    try:
+        proto = Protocol(**raw, path=path)
+    except TypeError as exc:
+        raise BenchError(f"{path}: {exc}") from None
+    for key, allowed in (("precision", PRECISIONS), ("scores", SCORES),
+                         ("metric_implementation", IMPLEMENTATIONS)):
+        if getattr(proto, key) not in allowed:
+            raise BenchError(f"{path}: {key} is '{getattr(proto, key)}', expected one of {', '.join(allowed)}")
+    if proto.name != path.stem:
+        raise BenchError(f"{path}: name '{proto.name}' does not match the file name '{path.stem}'")
+    return proto
+
+
+@cache
+def _registry() -> dict[str, Protocol]:
+    return {p.name: p for p in (_load(f) for f in sorted(PROTOCOL_DIR.glob("*.yaml")))}
+
+
+def list_protocols() -> list[Protocol]:
+    """All registered protocols, `bench` first."""
+    protos = _registry()
+    return sorted(protos.values(), key=lambda p: (p.name != "bench", p.name))
+
+
+def load_protocol(name: str) -> Protocol:
+    """The registered protocol `name`; an unknown name gets did-you-mean."""
+    protos = _registry()
+    if name not in protos:
+        raise unknown("protocol", name, protos, "`bench protocols list` shows them")
+    return protos[name]
+
+
+def check_runnable(proto: Protocol) -> None:
+    """Refuse a protocol whose settings the runner cannot honour yet (never run it under bench's settings)."""
+    if proto.name not in RUNNABLE:
+        raise BenchError(f"protocol '{proto.name}' is registered but cannot run yet: bench does not implement its "
+                         f"templates ({proto.templates}), labels ({proto.labels}), scores ({proto.scores}) and "
+                         f"metric implementation ({proto.metric_implementation}) yet; runnable: {', '.join(RUNNABLE)}")
+
+
+def default_precision(device_type: str, bf16_supported: bool) -> str:
+    """bench's precision today: fp32 on CPU, bf16 autocast on GPU (fp16 without bf16 support)."""
+    if device_type != "cuda":
+        return "fp32"
+    return "bf16" if bf16_supported else "fp16"
+
+
+def resolve_precision(requested: str, proto: Protocol, device_type: str, bf16_supported: bool = True) -> str:
+    """`--precision`: auto takes the protocol's precision, else bench's default for the device."""
+    if requested not in PRECISIONS:
+        raise BenchError(f"precision '{requested}' is not one of {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        requested = proto.precision
+    if requested == "auto":
+        return default_precision(device_type, bf16_supported)
+    if device_type != "cuda" and requested != "fp32":
+        raise BenchError(f"precision {requested} needs a GPU; on {device_type} bench computes in fp32 "
+                         "(use --precision fp32 or auto)")
+    return requested
