@@ -176,7 +176,10 @@ class Runner:
     """Holds the caches and loaded backends for one invocation."""
 
     def __init__(self, opts: RunOptions):
-        self.opts = opts
+        # Results record the resolved precision; the experiment's identity keeps `auto` when the request
+        # resolves to the default (only the default runs today), so `--precision fp32` on CPU is not a new file.
+        self.precision = _resolve_run_precision(opts)
+        self.opts = opts = replace(opts, precision="auto")
         check_writable(opts.cache_dir, "cache directory")
         self.features = FeatureCache(opts.cache_dir, opts.shard_size)
         self.texts = TextCache(opts.cache_dir)
@@ -229,7 +232,7 @@ class Runner:
         metrics = compute_metrics(logits, targets, ref.spec.metric)
         t2 = time.perf_counter()
         result = {
-            **result_header(spec, ref, data, "zeroshot", language, self.opts.protocol, self.opts.precision),
+            **result_header(spec, ref, data, "zeroshot", language, self.opts.protocol, self.precision),
             "prompts": ps.name,
             "labels": labels.description,
             "label_variant": labels.variant,
@@ -306,7 +309,7 @@ class Runner:
         t3 = time.perf_counter()
         result = {
             **result_header(spec, ref, test_data, "linear_probe", language, self.opts.protocol,
-                            self.opts.precision),
+                            self.precision),
             "n_samples": len(test),
             "n_classes": ref.spec.num_classes,
             "metric": ref.spec.metric,
@@ -410,7 +413,7 @@ def run(model_names: list[str], dataset_names: list[str], opts: RunOptions,
                              "(run --task zeroshot for these)")
     check_writable(opts.out, "output directory")
     opts = replace(opts, device=distributed.rank_device(opts.device))
-    opts = replace(opts, precision=_resolve_run_precision(opts))
+    _resolve_run_precision(opts)  # fail on a bad --protocol/--precision before any work
     runner = Runner(opts)
     results = []
     with distributed.process_group(opts.device):

@@ -17,6 +17,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import make_chinese_clip_dir, make_image_dataset, make_open_clip_dir, write_model_yaml  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from identity_helpers import latest_result  # noqa: E402
+
 TEMPLATES_EN = ["a photo of a {{ label }}.", "a blurry photo of the {{ label }}."]
 TEMPLATES_ZH = ["一张{{ label }}的照片。", "一张模糊的{{ label }}的照片。"]
 
@@ -28,7 +31,7 @@ def _prompt_file(path: Path, language: str, templates: list[str]) -> Path:
 
 
 def _predictions(out: Path, model: str, dataset: str) -> dict[str, int]:
-    with open(out / model / dataset / "zeroshot.predictions.csv", newline="") as f:
+    with open(latest_result(out / model / dataset, "zeroshot", ".predictions.csv"), newline="") as f:
         return {row["path"]: int(row["prediction"]) for row in csv.DictReader(f)}
 
 
@@ -76,7 +79,7 @@ def test_open_clip_local_dir_parity(tmp_path, bench_cli):
         theirs = _direct(model.encode_image, lambda t: model.encode_text(tok(t)), preprocess, data, labels, TEMPLATES_EN)
     assert ours == theirs
     assert len(ours) == 12
-    result = json.loads((tmp_path / "runs" / "tiny-oc" / "toy" / "zeroshot.json").read_text())
+    result = json.loads(latest_result(tmp_path / "runs" / "tiny-oc" / "toy", "zeroshot").read_text())
     expected_top1 = np.mean([theirs[p] == int(p.split("/")[0]) for p in theirs])
     assert result["metrics"]["top1"] == pytest.approx(expected_top1)
 
@@ -205,7 +208,7 @@ def test_cn_clip_rn50_random_init_checkpoint(tmp_path, bench_cli):
     code, out, err = bench_cli("run", "--model", yml, "--dataset", data, "--labels", "dataset", "--prompts", prompts,
                                "--out", tmp_path / "runs", "--cache-dir", tmp_path / "cache", "--workers", "0")
     assert code == 0, err
-    result = json.loads((tmp_path / "runs" / "tiny-rn50" / "toy" / "zeroshot.json").read_text())
+    result = json.loads(latest_result(tmp_path / "runs" / "tiny-rn50" / "toy", "zeroshot").read_text())
     assert result["n_samples"] == 3
     from bench.backends import load_backend
     from bench.models import resolve_model
@@ -247,5 +250,5 @@ def test_result_records_unknown_labels(tmp_path, bench_cli):
     code, _, err = bench_cli("run", "--model", yml, "--dataset", data, "--labels", "dataset", "--prompts", "simple-zh",
                              "--out", tmp_path / "runs", "--cache-dir", tmp_path / "cache", "--workers", "0")
     assert code == 0, err
-    result = json.loads((tmp_path / "runs" / "tiny-cn" / "toy" / "zeroshot.json").read_text())
+    result = json.loads(latest_result(tmp_path / "runs" / "tiny-cn" / "toy", "zeroshot").read_text())
     assert result["labels_with_unknown_tokens"] == ["鸸鹋"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html.parser
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ from bench.report import build_report, load_results, md_escape
 from bench.report.charts import family, model_colours
 from bench.report.published import FLAG_POINTS, compare, load_published
 from bench.report.sections import MISSING, build_sections, zeroshot_matrix
+
+sys.path.insert(0, str(Path(__file__).parent))
+from identity_helpers import latest_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -277,7 +281,7 @@ def test_report_from_a_real_demo_run(bench_cli, cache_dir, digits_root, tmp_path
     assert code == 0, err
     code, _, err = bench_cli("report", tmp_path / "runs", "--out", tmp_path / "out")
     assert code == 0, err
-    result = json.loads((tmp_path / "runs" / "demo" / "digits" / "zeroshot.json").read_text(encoding="utf-8"))
+    result = json.loads(latest_result(tmp_path / "runs" / "demo" / "digits", "zeroshot").read_text(encoding="utf-8"))
     rows = parse(tmp_path / "out" / "report.html").tables["matrix"]
     assert rows[1][0] == "demo" and rows[1][1] == f"{100 * result['metrics']['primary']:.1f}"
     summary = {r[0]: r[1] for r in parse(tmp_path / "out" / "report.html").tables["summary"]}

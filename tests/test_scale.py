@@ -18,6 +18,9 @@ from bench.features import image_features
 from bench.models import resolve_model
 from bench.runner import Runner, RunOptions, load_data, resolve_datasets, run
 
+sys.path.insert(0, str(Path(__file__).parent))
+from identity_helpers import latest_result  # noqa: E402
+
 LIMIT = 120
 
 
@@ -105,7 +108,7 @@ def test_distributed_run_matches_single_process(cache_dir, digits_root, tmp_path
     n_shards = -(-LIMIT // 16)
     assert reports[0][2] == [f"shard-{s:05d}.safetensors" for s in range(n_shards)]
 
-    dist = json.loads((tmp_path / "dist" / "demo" / "digits" / "zeroshot.json").read_text())
+    dist = json.loads(latest_result(tmp_path / "dist" / "demo" / "digits", "zeroshot").read_text())
     assert dist["n_samples"] == single["n_samples"] == LIMIT
     assert dist["metrics"] == single["metrics"]
     assert dist["cache"]["images_encoded"] < LIMIT  # rank 0 encoded only its share
@@ -130,5 +133,5 @@ def test_torchrun_cli(cache_dir, digits_root, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("results written under") == 1
-    dist = json.loads((tmp_path / "dist" / "demo" / "digits" / "zeroshot.json").read_text())
+    dist = json.loads(latest_result(tmp_path / "dist" / "demo" / "digits", "zeroshot").read_text())
     assert dist["n_samples"] == 60

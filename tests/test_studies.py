@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ import yaml
 
 from bench.studies import compute
 from bench.studies.study import prompts_overall, stratified_holdout
+
+sys.path.insert(0, str(Path(__file__).parent))
+from identity_helpers import latest_result  # noqa: E402
 
 TEMPLATES = ["一张数字{{ label }}的照片。", "手写的{{ label }}。", "数字{{ label }}。"]
 LIMIT = "60"
@@ -31,7 +35,7 @@ def write_prompts(path: Path, templates: list[str], name: str) -> Path:
 
 
 def read(out: Path, task: str, model: str = "demo", dataset: str = "digits") -> dict:
-    return json.loads((out / model / dataset / f"{task}.json").read_text(encoding="utf-8"))
+    return json.loads(latest_result(out / model / dataset, task).read_text(encoding="utf-8"))
 
 
 def zeroshot(bench_cli, cache_dir, digits_root, out, *extra) -> dict:
@@ -41,7 +45,7 @@ def zeroshot(bench_cli, cache_dir, digits_root, out, *extra) -> dict:
 
 
 def predictions(out: Path, model: str = "demo", dataset: str = "digits") -> tuple[np.ndarray, np.ndarray]:
-    with open(out / model / dataset / "zeroshot.predictions.csv", encoding="utf-8") as f:
+    with open(latest_result(out / model / dataset, "zeroshot", ".predictions.csv"), encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     return np.array([int(r["target"]) for r in rows]), np.array([int(r["prediction"]) for r in rows])
 
