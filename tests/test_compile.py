@@ -12,6 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from identity_helpers import latest_result  # noqa: E402
 from tiny_models import make_image_dataset, make_open_clip_dir, write_model_yaml  # noqa: E402
 
 from bench.cache import FeatureCache  # noqa: E402
@@ -92,8 +93,8 @@ def test_compiled_run_equals_eager_run(tmp_path, bench_cli):
                                  "--compile", mode, "--save-predictions")
         assert code == 0, err
         folder = tmp_path / f"runs-{mode}" / "tiny-oc" / "toy"
-        results[mode] = (json.loads((folder / "zeroshot.json").read_text()),
-                         (folder / "zeroshot.predictions.csv").read_text())
+        results[mode] = (json.loads(latest_result(folder, "zeroshot").read_text()),
+                         latest_result(folder, "zeroshot", ".predictions.csv").read_text())
         key = results[mode][0]["cache"]["image_features"]
         features[mode] = FeatureCache(tmp_path / f"cache-{mode}").load_shard(key, 0)
     (eager, eager_preds), (compiled, compiled_preds) = results["off"], results["on"]
