@@ -13,6 +13,8 @@ import hashlib
 import json
 import logging
 import os
+import secrets
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,34 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def create_temp_file(folder: Path, prefix: str, suffix: str = "") -> Path:
+    """Create a new empty file with a unique name in `folder`, its mode following the umask.
+
+    tempfile.mkstemp always makes 0600 files, so every result, report and shared cache would be
+    private after the rename; os.open with 0o666 lets the kernel apply the umask instead.
+    """
+    for _ in range(100):
+        name = Path(folder) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(errno.EEXIST, f"no free temporary name in {folder}")
+
+
+def create_temp_dir(folder: Path, prefix: str) -> Path:
+    """Like `create_temp_file` for a folder (tempfile.mkdtemp would make it 0700 whatever the umask)."""
+    for _ in range(100):
+        name = Path(folder) / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            os.mkdir(name, 0o777)
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(errno.EEXIST, f"no free temporary name in {folder}")
+
+
 @contextlib.contextmanager
 def _temp_beside(path: Path):
     """A temporary file name next to `path` (same file system, so the final rename is atomic).
@@ -70,8 +100,7 @@ def _temp_beside(path: Path):
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        tmp = str(create_temp_file(path.parent, f".{path.name}.", ".tmp"))
         yield Path(tmp)
     except OSError as exc:
         raise write_error(path, exc) from None
@@ -101,7 +130,9 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     """save_file to a temp name, fsync, rename; returns the file's sha256."""
     path = Path(path)
     with _temp_beside(path) as tmp:
+        mode = tmp.stat().st_mode  # 0o666 less the umask; save_file replaces the file with a 0600 one
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.chmod(tmp, stat.S_IMODE(mode))
         digest = file_sha256(tmp)
         os.replace(tmp, path)
         return digest
