@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 DEFAULT_SHARD_SIZE = 2048
 SHARD_SIZE_ENV = "BENCH_SHARD_SIZE"  # images per feature-cache shard (smaller: less lost on a kill)
+DEFAULT_FLUSH_SECONDS = 30.0
+FLUSH_SECONDS_ENV = "BENCH_FLUSH_SECONDS"  # seconds of encoding between saves of an unfinished shard
 
 
 def shard_size_from_env() -> int:
@@ -39,6 +41,21 @@ def shard_size_from_env() -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise BenchError(f"${SHARD_SIZE_ENV} must be a positive integer, got {raw!r}")
     return int(raw)
+
+
+def flush_seconds_from_env() -> float:
+    """$BENCH_FLUSH_SECONDS if set (a number >= 0; 0 saves after every batch, inf never), else the default."""
+    raw = os.environ.get(FLUSH_SECONDS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_FLUSH_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also refuses nan
+        raise BenchError(f"${FLUSH_SECONDS_ENV} must be a number of seconds >= 0 (0: after every batch, inf: "
+                         f"only finished shards), got {raw!r}")
+    return value
 
 
 def write_error(path: Path, exc: OSError) -> BenchError:
@@ -141,9 +158,12 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
 class FeatureCache:
     """Image features under `<root>/features/<key>/`: shard-NNNNN.safetensors + .json, then index.json."""
 
-    def __init__(self, root: Path, shard_size: int | None = None):
+    def __init__(self, root: Path, shard_size: int | None = None, flush_seconds: float | None = None):
         self.root = Path(root)
         self.shard_size = shard_size or shard_size_from_env()
+        # an unfinished shard is saved as shard-NNNNN.partial.safetensors this often, so a killed run on a
+        # set smaller than one shard keeps all but the last interval's work
+        self.flush_seconds = flush_seconds_from_env() if flush_seconds is None else flush_seconds
 
     def entry_dir(self, key: str) -> Path:
         return self.root / "features" / key[:2] / key
@@ -176,6 +196,40 @@ class FeatureCache:
         digest = atomic_save_tensors(path, {"features": features.float(), "indices": indices.long()})
         atomic_write_json(path.with_suffix(".json"), {"sha256": digest, "n": int(indices.numel()), "errors": errors})
 
+    def partial_path(self, key: str, shard: int) -> Path:
+        return self.entry_dir(key) / f"shard-{shard:05d}.partial.safetensors"
+
+    def save_partial(self, key: str, shard: int, features: torch.Tensor, indices: torch.Tensor,
+                     errors: list[tuple[int, str]]) -> None:
+        """The rows of an unfinished shard so far, in one file (its checksum and errors in the header),
+        replaced atomically at each flush: a kill leaves the previous flush or this one, never a mix."""
+        f, i = features.float().contiguous(), indices.long().contiguous()
+        atomic_save_tensors(self.partial_path(key, shard), {"features": f, "indices": i},
+                            metadata={"sha256": _rows_sha(f, i), "errors": json.dumps(errors, ensure_ascii=False)})
+
+    def load_partial(self, key: str, shard: int) -> dict | None:
+        """The saved rows of an unfinished shard (features, indices, errors as [index, text]), else None."""
+        path = self.partial_path(key, shard)
+        if not path.is_file():
+            return None
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                f, i = fh.get_tensor("features"), fh.get_tensor("indices")
+            if _rows_sha(f, i) != meta.get("sha256"):
+                raise ValueError("checksum mismatch")
+            errors = [(int(j), str(e)) for j, e in json.loads(meta.get("errors", "[]"))]
+        except Exception as exc:  # noqa: BLE001 - any damage means: re-encode these rows
+            log.warning("partial cache shard %s is corrupted (%s); its images will be re-encoded", path, exc)
+            path.unlink(missing_ok=True)
+            return None
+        return {"features": f, "indices": i, "errors": errors}
+
+    def drop_partial(self, key: str, shard: int) -> None:
+        self.partial_path(key, shard).unlink(missing_ok=True)
+
     @contextlib.contextmanager
     def lock(self, key: str):
         """Hold while encoding one entry: a second run on the same cache waits, then reads the shards."""
@@ -191,6 +245,12 @@ class FeatureCache:
 
     def finish(self, key: str, meta: dict) -> None:
         atomic_write_json(self.entry_dir(key) / "index.json", meta)
+
+
+def _rows_sha(features: torch.Tensor, indices: torch.Tensor) -> str:
+    h = hashlib.sha256(features.numpy().tobytes())
+    h.update(indices.numpy().tobytes())
+    return h.hexdigest()
 
 
 def file_signature(path: Path) -> list:
