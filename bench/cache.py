@@ -13,6 +13,8 @@ import hashlib
 import json
 import logging
 import os
+import secrets
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 DEFAULT_SHARD_SIZE = 2048
 SHARD_SIZE_ENV = "BENCH_SHARD_SIZE"  # images per feature-cache shard (smaller: less lost on a kill)
+DEFAULT_FLUSH_SECONDS = 30.0
+FLUSH_SECONDS_ENV = "BENCH_FLUSH_SECONDS"  # seconds of encoding between saves of an unfinished shard
 
 
 def shard_size_from_env() -> int:
@@ -37,6 +41,21 @@ def shard_size_from_env() -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise BenchError(f"${SHARD_SIZE_ENV} must be a positive integer, got {raw!r}")
     return int(raw)
+
+
+def flush_seconds_from_env() -> float:
+    """$BENCH_FLUSH_SECONDS if set (a number >= 0; 0 saves after every batch, inf never), else the default."""
+    raw = os.environ.get(FLUSH_SECONDS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_FLUSH_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also refuses nan
+        raise BenchError(f"${FLUSH_SECONDS_ENV} must be a number of seconds >= 0 (0: after every batch, inf: "
+                         f"only finished shards), got {raw!r}")
+    return value
 
 
 def write_error(path: Path, exc: OSError) -> BenchError:
@@ -60,6 +79,34 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def create_temp_file(folder: Path, prefix: str, suffix: str = "") -> Path:
+    """Create a new empty file with a unique name in `folder`, its mode following the umask.
+
+    tempfile.mkstemp always makes 0600 files, so every result, report and shared cache would be
+    private after the rename; os.open with 0o666 lets the kernel apply the umask instead.
+    """
+    for _ in range(100):
+        name = Path(folder) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(errno.EEXIST, f"no free temporary name in {folder}")
+
+
+def create_temp_dir(folder: Path, prefix: str) -> Path:
+    """Like `create_temp_file` for a folder (tempfile.mkdtemp would make it 0700 whatever the umask)."""
+    for _ in range(100):
+        name = Path(folder) / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            os.mkdir(name, 0o777)
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(errno.EEXIST, f"no free temporary name in {folder}")
+
+
 @contextlib.contextmanager
 def _temp_beside(path: Path):
     """A temporary file name next to `path` (same file system, so the final rename is atomic).
@@ -70,8 +117,7 @@ def _temp_beside(path: Path):
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        tmp = str(create_temp_file(path.parent, f".{path.name}.", ".tmp"))
         yield Path(tmp)
     except OSError as exc:
         raise write_error(path, exc) from None
@@ -101,7 +147,9 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     """save_file to a temp name, fsync, rename; returns the file's sha256."""
     path = Path(path)
     with _temp_beside(path) as tmp:
+        mode = tmp.stat().st_mode  # 0o666 less the umask; save_file replaces the file with a 0600 one
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.chmod(tmp, stat.S_IMODE(mode))
         digest = file_sha256(tmp)
         os.replace(tmp, path)
         return digest
@@ -110,9 +158,12 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
 class FeatureCache:
     """Image features under `<root>/features/<key>/`: shard-NNNNN.safetensors + .json, then index.json."""
 
-    def __init__(self, root: Path, shard_size: int | None = None):
+    def __init__(self, root: Path, shard_size: int | None = None, flush_seconds: float | None = None):
         self.root = Path(root)
         self.shard_size = shard_size or shard_size_from_env()
+        # an unfinished shard is saved as shard-NNNNN.partial.safetensors this often, so a killed run on a
+        # set smaller than one shard keeps all but the last interval's work
+        self.flush_seconds = flush_seconds_from_env() if flush_seconds is None else flush_seconds
 
     def entry_dir(self, key: str) -> Path:
         return self.root / "features" / key[:2] / key
@@ -145,6 +196,40 @@ class FeatureCache:
         digest = atomic_save_tensors(path, {"features": features.float(), "indices": indices.long()})
         atomic_write_json(path.with_suffix(".json"), {"sha256": digest, "n": int(indices.numel()), "errors": errors})
 
+    def partial_path(self, key: str, shard: int) -> Path:
+        return self.entry_dir(key) / f"shard-{shard:05d}.partial.safetensors"
+
+    def save_partial(self, key: str, shard: int, features: torch.Tensor, indices: torch.Tensor,
+                     errors: list[tuple[int, str]]) -> None:
+        """The rows of an unfinished shard so far, in one file (its checksum and errors in the header),
+        replaced atomically at each flush: a kill leaves the previous flush or this one, never a mix."""
+        f, i = features.float().contiguous(), indices.long().contiguous()
+        atomic_save_tensors(self.partial_path(key, shard), {"features": f, "indices": i},
+                            metadata={"sha256": _rows_sha(f, i), "errors": json.dumps(errors, ensure_ascii=False)})
+
+    def load_partial(self, key: str, shard: int) -> dict | None:
+        """The saved rows of an unfinished shard (features, indices, errors as [index, text]), else None."""
+        path = self.partial_path(key, shard)
+        if not path.is_file():
+            return None
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                f, i = fh.get_tensor("features"), fh.get_tensor("indices")
+            if _rows_sha(f, i) != meta.get("sha256"):
+                raise ValueError("checksum mismatch")
+            errors = [(int(j), str(e)) for j, e in json.loads(meta.get("errors", "[]"))]
+        except Exception as exc:  # noqa: BLE001 - any damage means: re-encode these rows
+            log.warning("partial cache shard %s is corrupted (%s); its images will be re-encoded", path, exc)
+            path.unlink(missing_ok=True)
+            return None
+        return {"features": f, "indices": i, "errors": errors}
+
+    def drop_partial(self, key: str, shard: int) -> None:
+        self.partial_path(key, shard).unlink(missing_ok=True)
+
     @contextlib.contextmanager
     def lock(self, key: str):
         """Hold while encoding one entry: a second run on the same cache waits, then reads the shards."""
@@ -160,6 +245,12 @@ class FeatureCache:
 
     def finish(self, key: str, meta: dict) -> None:
         atomic_write_json(self.entry_dir(key) / "index.json", meta)
+
+
+def _rows_sha(features: torch.Tensor, indices: torch.Tensor) -> str:
+    h = hashlib.sha256(features.numpy().tobytes())
+    h.update(indices.numpy().tobytes())
+    return h.hexdigest()
 
 
 def file_signature(path: Path) -> list:

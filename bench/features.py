@@ -186,14 +186,21 @@ def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, b
     encoded = 0
     encoder = None
     if mine and n:
-        todo = [i for s in mine for i in range(s * size, min(n, (s + 1) * size))]
+        writer = ShardWriter(cache, key, n)
+        done_before: set[int] = set()  # rows a killed run already saved in a partial shard
+        for s in mine:
+            part = cache.load_partial(key, s)
+            if part is not None:
+                done_before.update(part["indices"].tolist())
+                done_before.update(i for i, _ in part["errors"])
+                shards.update(writer.seed(s, part))
+        todo = [i for s in mine for i in range(s * size, min(n, (s + 1) * size)) if i not in done_before]
         workers = default_workers() if workers is None else workers
         per_image, per_batch = split_for_workers(backend.preprocess)
         loader = torch.utils.data.DataLoader(
             data.images(per_image, todo), batch_size=batch_size,
             num_workers=workers, collate_fn=collate, pin_memory=backend.device.type == "cuda",
             persistent_workers=False, prefetch_factor=4 if workers else None)
-        writer = ShardWriter(cache, key, n)
         encoder = ImageEncoder(backend, compile, len(todo))
         desc = f"{backend.spec.name} · {data.spec.name}/{data.split}"
         tuner = ThreadTuner(workers, backend.device.type)
@@ -248,14 +255,30 @@ def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, b
 class ShardWriter:
     """Streams encoded batches into cache shards: a shard is saved (and its rows dropped) as soon as its
     last row arrives, so at most the open shards plus one batch are held, whatever the dataset size.
-    Rows are kept as per-batch slices and concatenated once per shard (no per-row tensors)."""
+    Rows are kept as per-batch slices and concatenated once per shard (no per-row tensors).
+
+    Every `cache.flush_seconds` the rows of still-open shards are also saved as partial shards, so a
+    killed run loses at most that much encoding even on a set smaller than one shard; the shard itself
+    (torchrun's unit of work) is unchanged, and its partial file is removed once it is finished."""
 
     def __init__(self, cache: FeatureCache, key: str, n: int):
         self.cache, self.key, self.n = cache, key, n
         self.open: dict[int, dict] = {}
+        self.changed: set[int] = set()  # open shards with rows not yet in their partial file
+        self.last_flush = time.monotonic()
 
     def pending_rows(self) -> int:
         return sum(sum(len(c) for c in b["i"]) for b in self.open.values())
+
+    def seed(self, s: int, part: dict) -> dict[int, dict]:
+        """Start shard `s` from the rows a killed run saved (`FeatureCache.load_partial`)."""
+        buf = self._buf(s)
+        if part["indices"].numel():
+            buf["f"].append(part["features"])
+            buf["i"].append(part["indices"])
+        buf["e"].extend(part["errors"])
+        buf["n"] += part["indices"].numel() + len(part["errors"])
+        return self._save_full()
 
     def add(self, feats: torch.Tensor | None, idxs: list[int], errors: list[tuple[int, str]]) -> dict[int, dict]:
         """Take one batch; returns the shards it completed (already saved), by shard number."""
@@ -269,20 +292,42 @@ class ShardWriter:
                 buf["f"].append(feats.index_select(0, rows))
                 buf["i"].append(index.index_select(0, rows))
                 buf["n"] += rows.numel()
+                self.changed.add(s)
         for i, err in errors:
             buf = self._buf(i // size)
-            buf["e"].append(err)
+            buf["e"].append((int(i), err))
             buf["n"] += 1
+            self.changed.add(i // size)
+        done = self._save_full()
+        if self.changed and time.monotonic() - self.last_flush >= self.cache.flush_seconds:
+            for s in sorted(self.changed):
+                f, i, e = self._rows(self.open[s])
+                self.cache.save_partial(self.key, s, f, i, e)
+            self.changed.clear()
+            self.last_flush = time.monotonic()
+        return done
+
+    def _save_full(self) -> dict[int, dict]:
+        size = self.cache.shard_size
         done = {}
         for s in [s for s, b in self.open.items() if b["n"] == min(self.n, (s + 1) * size) - s * size]:
-            b = self.open.pop(s)
-            f = torch.cat(b["f"]) if b["f"] else torch.empty(0, 0)
-            i = torch.cat(b["i"]) if b["i"] else torch.empty(0, dtype=torch.long)
-            order = torch.argsort(i)  # workers may deliver out of order only across shards, but be safe
-            f, i = (f[order], i[order]) if i.numel() else (f, i)
-            self.cache.save_shard(self.key, s, f, i, b["e"])
-            done[s] = {"features": f, "indices": i, "errors": b["e"]}
+            f, i, e = self._rows(self.open.pop(s))
+            self.changed.discard(s)
+            texts = [text for _, text in e]
+            self.cache.save_shard(self.key, s, f, i, texts)
+            self.cache.drop_partial(self.key, s)
+            done[s] = {"features": f, "indices": i, "errors": texts}
         return done
+
+    @staticmethod
+    def _rows(b: dict) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
+        f = torch.cat(b["f"]) if b["f"] else torch.empty(0, 0)
+        i = torch.cat(b["i"]) if b["i"] else torch.empty(0, dtype=torch.long)
+        order = torch.argsort(i)  # workers may deliver out of order only across shards, but be safe
+        f, i = (f[order], i[order]) if i.numel() else (f, i)
+        if len(b["f"]) > 1:  # keep the concatenation: the next flush or the final save reuses it
+            b["f"], b["i"] = [f], [i]
+        return f, i, sorted(b["e"])
 
     def _buf(self, s: int) -> dict:
         return self.open.setdefault(s, {"f": [], "i": [], "e": [], "n": 0})

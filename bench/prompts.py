@@ -133,6 +133,7 @@ class PromptSet:
     description: str = ""
     path: str = ""
     lines: dict = field(default_factory=dict, compare=False, repr=False)
+    key_aliases: dict = field(default_factory=dict, compare=False, repr=False)  # dataset name -> key as written
 
     def templates_for(self, dataset: str) -> tuple[str, ...]:
         if dataset in self.per_dataset:
@@ -177,9 +178,11 @@ def parse_prompt_set(path: Path) -> PromptSet:
     if not templates and not per_dataset:
         raise BenchError(f"{path}: no templates")
     lines = template_lines(path, path.read_text(encoding="utf-8"))
+    per_dataset, lines, key_aliases = _canonical_keys(path, {str(k): v for k, v in per_dataset.items()}, lines)
     ps = PromptSet(name=str(data.get("name") or path.stem), language=language, templates=tuple(templates),
                    per_dataset={str(k): tuple(v) if isinstance(v, list) else v for k, v in per_dataset.items()},
-                   description=str(data.get("description") or ""), path=str(path), lines=lines)
+                   description=str(data.get("description") or ""), path=str(path), lines=lines,
+                   key_aliases=key_aliases)
     for ds, tpl in ps.per_dataset.items():
         if not isinstance(tpl, tuple) or not tpl:
             raise BenchError(f"{path}: per_dataset.{ds} must be a non-empty list of templates")
@@ -189,6 +192,28 @@ def parse_prompt_set(path: Path) -> PromptSet:
         for i, src in enumerate(tpl):
             compile_template(src, f"{ps.where(('per_dataset', ds, i))}: template {i + 1}")
     return ps
+
+
+def _canonical_keys(path: Path, per_dataset: dict, lines: dict) -> tuple[dict, dict, dict]:
+    """per_dataset keys given as a dataset alias become the dataset's name (runs look groups up by name,
+    so an alias key would otherwise be ignored); two keys for one dataset are an error."""
+    from bench.datasets.registry import find_dataset
+
+    out, aliases, seen = {}, {}, {}
+    for key, value in per_dataset.items():
+        spec = find_dataset(key)
+        name = spec.name if spec is not None else key
+        if name in seen:
+            raise BenchError(f"{path}: per_dataset keys '{seen[name]}' and '{key}' both name dataset {name}; "
+                             "keep one list")
+        seen[name] = key
+        out[name] = value
+        if name != key:
+            aliases[name] = key
+    if aliases:
+        back = {v: k for k, v in aliases.items()}
+        lines = {(k[0], back.get(k[1], k[1]), *k[2:]) if k[0] == "per_dataset" else k: v for k, v in lines.items()}
+    return out, lines, aliases
 
 
 def list_prompt_sets() -> list[str]:

@@ -32,6 +32,7 @@ from bench.labels import Labels, resolve_labels
 from bench.metrics import compute_metrics
 from bench.models import ModelSpec, resolve_model
 from bench.prompts import PromptSet, load_prompt_set
+from bench.validation import require_valid
 from bench.zeroshot import LOGIT_SCALE, class_embeddings, normalize, scores
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,11 @@ class Runner:
     def prompt_set(self, spec: ModelSpec) -> PromptSet:
         return load_prompt_set(self.opts.prompts or spec.default_prompts)
 
+    def allow_duplicate_templates(self) -> bool:
+        """Whether repeated templates are a warning rather than an error (`bench.validation`): only for a
+        protocol that reproduces a template list with deliberate repeats, such as Chinese CLIP's."""
+        return False
+
     def image_features(self, backend: Backend, data: SplitData) -> ImageFeatures:
         """Image features of one split through the feature cache, with this run's encoding options."""
         o = self.opts
@@ -220,6 +226,7 @@ class Runner:
         if ps.language != language:
             log.warning("prompt set %s is %s but %s is evaluated in %s", ps.name, ps.language, spec.name, language)
         ps.templates_for(ref.spec.name)  # fail on a missing per-dataset set before encoding images
+        require_valid(ps, allow_duplicates=self.allow_duplicate_templates(), datasets=(ref.spec.name,))
         backend = self.backend(spec)
         unknown = unknown_labels(backend, labels)
         feats = self.image_features(backend, data)

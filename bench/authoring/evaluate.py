@@ -19,6 +19,7 @@ from bench.metrics import compute_metrics
 from bench.models import resolve_model
 from bench.prompts import PromptSet, load_prompt_set
 from bench.runner import Runner, RunOptions, load_data, resolve_datasets, target_array
+from bench.validation import require_valid
 from bench.zeroshot import class_embeddings, scores
 
 TASK = "prompts-eval"
@@ -40,6 +41,7 @@ def evaluate_prompt_set(model: str, dataset: str, prompts: str, opts: RunOptions
     base = load_prompt_set(baseline or spec.default_prompts)
     for s in (ps, base):
         s.templates_for(ref.spec.name)  # fail on a missing per-dataset list before encoding anything
+        require_valid(s, datasets=(ref.spec.name,))  # what lint calls an error is never evaluated
     t0 = time.perf_counter()
     runner = Runner(opts)
     data = load_data(ref, opts.split, opts.limit)

@@ -7,10 +7,7 @@ file and, optionally, a tokenizer (`TextChecker`, which every `Backend` is).
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -21,13 +18,19 @@ import yaml
 from bench.backends.base import TextCheck
 from bench.errors import BenchError
 from bench.prompts import ALLOWED_KEYS, environment, template_lines
+from bench.validation import (  # noqa: F401 - Finding, normalize_text, has_han: this module's API too
+    ERROR,
+    LATIN_RE,
+    SENTINEL,
+    WARNING,
+    Finding,
+    Template,
+    _per_dataset_key_lines,
+    check_groups,
+    has_han,
+    normalize_text,
+)
 
-ERROR, WARNING = "error", "warning"
-HAN_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
-LATIN_RE = re.compile(r"[A-Za-z]")
-# Rendered in place of the label when a template is inspected on its own: a private-use
-# character survives punctuation stripping and contains neither Han nor Latin letters.
-SENTINEL = "\ue000"
 SAMPLE_LABEL = {"en": "dog", "zh": "狗"}
 
 
@@ -35,31 +38,6 @@ class TextChecker(Protocol):
     """Anything that tokenizes like a model (every Backend does)."""
 
     def check_text(self, text: str) -> TextCheck: ...
-
-
-@dataclass(frozen=True)
-class Finding:
-    path: str
-    line: int
-    level: str  # "error" or "warning"
-    message: str
-
-    def format(self) -> str:
-        return f"{self.path}:{self.line}: {self.level}: {self.message}"
-
-
-def normalize_text(text: str) -> str:
-    """Comparison key: NFKC (full-width → half-width), case-folded, without whitespace or punctuation.
-
-    Covers Chinese punctuation too (，。！？、“”《》 are Unicode P* categories), so '一张猫的照片。' and
-    '一张 猫的照片' compare equal.
-    """
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return "".join(ch for ch in text if not (ch.isspace() or unicodedata.category(ch)[0] in "PZ"))
-
-
-def has_han(text: str) -> bool:
-    return bool(HAN_RE.search(text))
 
 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
@@ -104,17 +82,6 @@ def _key_lines(text: str) -> dict[str, int]:
 
 # -- prompt sets ---------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Template:
-    """One template of a prompt set, where it is, and (if it compiled) the jinja2 object."""
-
-    group: str  # "templates" or the per_dataset dataset name
-    index: int
-    source: str
-    line: int
-    compiled: jinja2.Template | None
-
-
 def _compile(source, path: str, line: int) -> tuple[jinja2.Template | None, list[Finding]]:
     env = environment()
     if not isinstance(source, str) or not source.strip():
@@ -139,42 +106,6 @@ def _compile(source, path: str, line: int) -> tuple[jinja2.Template | None, list
     except jinja2.TemplateError as exc:  # includes the sandbox's SecurityError
         return None, [Finding(path, line, ERROR, f"cannot render: {exc}: {source!r}")]
     return template, []
-
-
-def _duplicates(templates: list[Template], path: str) -> list[Finding]:
-    findings = []
-    exact: dict[str, Template] = {}
-    near: dict[str, Template] = {}
-    for t in templates:
-        rendered = t.compiled.render(label=SENTINEL)
-        if rendered in exact:
-            findings.append(Finding(path, t.line, ERROR, f"duplicate template {t.source!r} (same text as line "
-                                    f"{exact[rendered].line}); it would count twice in the ensemble"))
-            continue
-        exact[rendered] = t
-        key = normalize_text(rendered)
-        if key in near:
-            findings.append(Finding(path, t.line, WARNING, f"template {t.source!r} differs from line "
-                                    f"{near[key].line} ({near[key].source!r}) only in whitespace or punctuation"))
-        else:
-            near[key] = t
-    return findings
-
-
-def _language(templates: list[Template], language: str, path: str, set_line: int) -> list[Finding]:
-    findings = []
-    own_text = {id(t): t.compiled.render(label=SENTINEL).replace(SENTINEL, "") for t in templates}
-    for t in templates:
-        text = own_text[id(t)]
-        if language == "en" and has_han(text):
-            findings.append(Finding(path, t.line, ERROR, f"Chinese characters in an English (en) set: {t.source!r}"))
-        elif language == "zh" and LATIN_RE.search(text) and not has_han(text):
-            findings.append(Finding(path, t.line, ERROR, f"template looks English (no Chinese characters) "
-                                    f"in a Chinese (zh) set: {t.source!r}"))
-    if language == "zh" and templates and not any(has_han(own_text[id(t)]) for t in templates):
-        findings.append(Finding(path, set_line, ERROR, "language is zh but no template contains Chinese "
-                                "characters; set `language: en` or translate the templates"))
-    return findings
 
 
 def _labels_for(group: str, language: str, datasets: tuple[str, ...], path: str,
@@ -306,6 +237,7 @@ def lint_prompt_file(path: Path, checker: TextChecker | None = None, datasets: t
         groups[str(ds)] = seq
     if not groups:
         findings.append(Finding(p, 1, ERROR, "no templates: add a `templates:` list (or `per_dataset:`)"))
+    checked: dict[str, list[Template]] = {}
     for group, seq in groups.items():
         compiled: list[Template] = []
         for i, src in enumerate(seq):
@@ -315,15 +247,16 @@ def lint_prompt_file(path: Path, checker: TextChecker | None = None, datasets: t
             findings += errs
             if tpl is not None:
                 compiled.append(Template(group, i, src, line, tpl))
-        findings += _duplicates(compiled, p)
+        checked[group] = compiled
         if language is not None:
             group_line = compiled[0].line if compiled else 1
-            findings += _language(compiled, language, p, keys.get("language", group_line))
             if checker is not None:
                 label_sets, notes = _labels_for(group, language, datasets, p, group_line)
                 findings += notes + _label_unknown(label_sets, memo, p, group_line)
                 for t in compiled:
                     findings += _tokenizer_findings(t, language, label_sets, memo, p)
+    # the rules a run enforces too (bench.validation): duplicates, language, per_dataset keys
+    findings += check_groups(checked, language, p, keys.get("language", 0), _per_dataset_key_lines(text))
     return sort_findings(findings)
 
 
@@ -404,18 +337,23 @@ def lint_label_file(path: Path, dataset: str | None = None, checker: TextChecker
         for i in same:
             findings.append(Finding(p, variant_lines.get(vname, {}).get(i, vname_lines.get(vname, 1)), WARNING,
                                     f"variant '{vname}' sets class {i} to its default name {names[i]!r}"))
-    entries = [(i, n, label_lines[i] if i < len(label_lines) else 1) for i, n in enumerate(names)]
-    entries += [(i, n, variant_lines.get(v, {}).get(i, vname_lines.get(v, 1)))
+    # (class, name, line, variant or None): a variant's names are reported as that variant's, and a
+    # tokenizer problem in one is a warning (a variant is used only when asked for; a run records
+    # [UNK] class names in its result), while the default labels' are errors
+    entries = [(i, n, label_lines[i] if i < len(label_lines) else 1, None) for i, n in enumerate(names)]
+    entries += [(i, n, variant_lines.get(v, {}).get(i, vname_lines.get(v, 1)), v)
                 for v, m in variants.items() for i, n in m.items()]
-    for i, n, line in entries:
+    for i, n, line, v in entries:
+        who = f"variant '{v}': class {i} {n!r}" if v else f"class {i} {n!r}"
         if language == "en" and has_han(n):
-            findings.append(Finding(p, line, ERROR, f"class {i} {n!r}: Chinese characters in an English label file"))
+            findings.append(Finding(p, line, ERROR, f"{who}: Chinese characters in an English label file"))
         if checker is not None:
             check = checker.check_text(n)
+            level = WARNING if v else ERROR
             if check.unknown:
-                findings.append(Finding(p, line, ERROR, f"class {i} {n!r} tokenizes to [UNK] "
+                findings.append(Finding(p, line, level, f"{who} tokenizes to [UNK] "
                                         f"({len(check.unknown)} unknown token(s)); the model cannot see it"))
             if check.truncated:
-                findings.append(Finding(p, line, ERROR, f"class {i} {n!r} is {check.n_tokens} tokens, over the "
+                findings.append(Finding(p, line, level, f"{who} is {check.n_tokens} tokens, over the "
                                         f"context length {check.context_length}"))
     return sort_findings(findings)

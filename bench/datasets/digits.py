@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from bench.cache import create_temp_dir
 
 EN = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ZH = ["零", "一", "二", "三", "四", "五", "六", "七", "八", "九"]
@@ -42,7 +43,7 @@ def prepare_digits(folder: Path, seed: int = 0) -> Path:
         return folder
     data = load_digits()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = create_temp_dir(folder.parent, f".{folder.name}.")  # follows the umask, unlike mkdtemp
     try:
         for split, idx in split_indices(data.target, seed).items():
             for i in idx:
