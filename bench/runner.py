@@ -236,7 +236,9 @@ class Runner:
         per_prompt = self.class_weights(backend, ps, ref.spec.name, labels)
         logits = scores(feats.features, class_embeddings(per_prompt)).numpy()
         targets = target_array(data, feats.indices)
-        metrics = compute_metrics(logits, targets, ref.spec.metric)
+        # the protocol names whose metric definitions score it (bench.metrics.IMPLEMENTATIONS)
+        metrics_impl = protocols.load_protocol(opts.protocol).metric_implementation
+        metrics = compute_metrics(logits, targets, ref.spec.metric, implementation=metrics_impl)
         t2 = time.perf_counter()
         result = {
             **result_header(spec, ref, data, "zeroshot", language, self.opts.protocol, self.precision),
@@ -248,6 +250,7 @@ class Runner:
             "n_templates": per_prompt.shape[1],
             "metric": ref.spec.metric,
             "metrics": metrics,
+            "metrics_implementation": metrics_impl,
             "labels_with_unknown_tokens": unknown,
             "skipped_images": len(feats.errors),
             "skipped_examples": feats.errors[:5],
