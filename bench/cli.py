@@ -21,6 +21,7 @@ EXTENSIONS: tuple[str, ...] = (
     "bench.datasets.commands",
     "bench.studies.cli",
     "bench.authoring.cli",
+    "bench.export",
 )
 
 RUN_EPILOG = """examples:
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_protocol_args(run)
     add_encoding_args(run)
     run.add_argument("--save-predictions", action="store_true", help="also write zeroshot.predictions.csv")
+    run.add_argument("--save-logits", action="store_true",
+                     help="also write <result>.logits.npz: the scores the metrics saw, targets, image paths "
+                          "(input of `bench export elevater-submission`)")
     run.add_argument("--limit", type=int, default=None, help="evaluate at most N images per dataset (stratified)")
     run.add_argument("--skip-bad-images", action="store_true",
                      help="skip unreadable images (their count is recorded) instead of failing")
@@ -128,7 +132,7 @@ def cmd_run(args) -> int:
     opts = RunOptions(
         out=args.out, cache_dir=args.cache_dir or default_cache_dir(), data_root=args.data_root or default_data_root(),
         split=args.split, prompts=args.prompts, labels=args.labels, language=args.language, device=args.device,
-        **encoding, save_predictions=args.save_predictions, limit=args.limit,
+        **encoding, save_predictions=args.save_predictions, save_logits=args.save_logits, limit=args.limit,
         skip_bad_images=args.skip_bad_images, probe_impl=args.probe_impl, probe_init=args.probe_init,
         shots=_shots(args), seeds=args.seeds, protocol=args.protocol, precision=args.precision,
         progress=sys.stderr.isatty() if args.progress is None else args.progress)

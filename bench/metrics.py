@@ -26,12 +26,15 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "ELEVATER_METRIC_NAMES",
+    "IMPLEMENTATIONS",
     "Metric",
     "METRICS",
     "average_precision",
     "compute_metrics",
     "confusion_matrix",
     "eleven_point_map",
+    "get_implementation",
     "get_metric",
     "mean_per_class_accuracy",
     "per_class_recall",
@@ -361,16 +364,8 @@ def get_metric(name: str) -> Metric:
         ) from None
 
 
-def compute_metrics(
-    scores: np.ndarray, targets: np.ndarray, primary: str
-) -> dict[str, float]:
-    """Standard report: ``top1``, ``top5`` (None when C <= 5: every sample would be a hit),
-    ``mean_per_class`` (single-label only), ``primary`` and ``<primary name>`` (same value)."""
-    metric = get_metric(primary)
-    s = _as_scores(scores)
-    t, multilabel = _as_targets(targets, s)
-    if multilabel and not metric.multilabel_ok:
-        raise ValueError(f"metric {metric.name!r} does not support multi-label targets")
+def _bench_metrics(s: np.ndarray, t: np.ndarray, multilabel: bool, metric: Metric) -> dict[str, float | None]:
+    """bench's own definitions (this module's functions)."""
     out: dict[str, float | None] = {
         "top1": topk_accuracy(s, t, k=1),
         # top-5 of 5 or fewer classes is 1.0 by construction, not a measurement
@@ -378,7 +373,128 @@ def compute_metrics(
     }
     if not multilabel:
         out["mean_per_class"] = mean_per_class_accuracy(s, t)
-    value = float(metric.fn(s, t))
-    out[metric.name] = value
-    out["primary"] = value
+    out[metric.name] = float(metric.fn(s, t))
+    return out
+
+
+def _vision_evaluation():
+    """ELEVATER's metric package, imported only when asked for (it imports cv2 and pycocotools)."""
+    from bench.errors import BenchError  # late: keep this module free of bench imports for pure use
+
+    try:
+        import vision_evaluation.evaluators as v_eval
+    except ImportError as exc:
+        raise BenchError(
+            f"metric implementation 'elevater' needs ELEVATER's metric package vision-evaluation "
+            f"(import failed: {exc}); install it with: pip install -e '.[elevater]'"
+        ) from None
+    return v_eval
+
+
+def _ve_report(evaluator, s: np.ndarray, t: np.ndarray) -> float:
+    evaluator.add_predictions(s, t)
+    return float(next(iter(evaluator.get_report().values())))
+
+
+def _ve_topk(k: int) -> Callable[[np.ndarray, np.ndarray], float]:
+    return lambda s, t: _ve_report(_vision_evaluation().TopKAccuracyEvaluator(k), s, t)
+
+
+def _ve_roc_auc(s: np.ndarray, t: np.ndarray) -> float:
+    # the toolkit's metric.roc_auc and RocAucEvaluator both score column 1 of an [N, 2] matrix
+    return _ve_report(_vision_evaluation().RocAucEvaluator(), s, t)
+
+
+# bench metric name -> the vision-evaluation evaluator ELEVATER's toolkit
+# (vision_benchmark/evaluation/metric.py get_metric) uses for a dataset whose TEST.METRIC is
+# ELEVATER_METRIC_NAMES[name].
+ELEVATER_EVALUATORS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": _ve_topk(1),
+    "mean_per_class": lambda s, t: _ve_report(_vision_evaluation().BalancedAccuracyScoreEvaluator(), s, t),
+    "11point_mAP": lambda s, t: _ve_report(_vision_evaluation().MeanAveragePrecisionNPointsEvaluator(11), s, t),
+    "roc_auc": _ve_roc_auc,
+}
+# bench metric name -> the toolkit's TEST.METRIC spelling (vision_benchmark/resources/datasets/*.yaml)
+ELEVATER_METRIC_NAMES: dict[str, str] = {
+    "accuracy": "accuracy", "mean_per_class": "mean-per-class", "11point_mAP": "11point_mAP", "roc_auc": "roc_auc",
+}
+
+
+def _elevater_metrics(s: np.ndarray, t: np.ndarray, multilabel: bool, metric: Metric) -> dict[str, float | None]:
+    """vision-evaluation's evaluators, as ELEVATER's server scores a submission. Its top-k and
+    balanced-accuracy evaluators are single-label only: multi-label results carry None there."""
+    _vision_evaluation()  # fail with the install hint before computing anything
+    out: dict[str, float | None] = {
+        "top1": None if multilabel else _ve_topk(1)(s, t),
+        "top5": _ve_topk(5)(s, t) if s.shape[1] > 5 and not multilabel else None,
+    }
+    if not multilabel:
+        out["mean_per_class"] = ELEVATER_EVALUATORS["mean_per_class"](s, t)
+    out[metric.name] = ELEVATER_EVALUATORS[metric.name](s, t)
+    return out
+
+
+def _cb_topk(s: np.ndarray, t: np.ndarray, k: int) -> float:
+    # CLIP_benchmark's accuracy(): the target is among the k highest logits (torch.topk)
+    top = _ranked(s)[:, :k]
+    return float((top == t[:, None]).any(axis=1).mean())
+
+
+def _clip_benchmark_metrics(s: np.ndarray, t: np.ndarray, multilabel: bool,
+                            metric: Metric) -> dict[str, float | None]:
+    """CLIP_benchmark's zero-shot definitions (metrics/zeroshot_classification.py evaluate()):
+    acc1, acc5 (only when C >= 5), mean-per-class recall = sklearn balanced_accuracy_score of argmax."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    if multilabel or metric.name not in ("accuracy", "mean_per_class"):
+        raise ValueError(
+            f"metric implementation 'clip_benchmark' defines accuracy and mean_per_class for single-label "
+            f"targets only (its zero-shot evaluate() reports acc1, acc5, mean_per_class_recall); got "
+            f"{metric.name!r}{' with multi-label targets' if multilabel else ''}"
+        )
+    mpc = float(balanced_accuracy_score(t, _ranked(s)[:, 0]))
+    out: dict[str, float | None] = {
+        "top1": _cb_topk(s, t, 1),
+        "top5": _cb_topk(s, t, 5) if s.shape[1] >= 5 else None,
+        "mean_per_class": mpc,
+    }
+    out[metric.name] = out["top1"] if metric.name == "accuracy" else mpc
+    return out
+
+
+# implementation name -> fn(scores, targets, is_multilabel, metric) -> metrics dict
+IMPLEMENTATIONS: dict[str, Callable[[np.ndarray, np.ndarray, bool, Metric], dict[str, float | None]]] = {
+    "bench": _bench_metrics,
+    "elevater": _elevater_metrics,
+    "clip_benchmark": _clip_benchmark_metrics,
+}
+
+
+def get_implementation(name: str) -> Callable[[np.ndarray, np.ndarray, bool, Metric], dict[str, float | None]]:
+    """Look up a metric implementation by name; KeyError lists the valid names."""
+    try:
+        return IMPLEMENTATIONS[name]
+    except (KeyError, TypeError):
+        raise KeyError(
+            f"unknown metric implementation {name!r}; valid names: {', '.join(sorted(IMPLEMENTATIONS))}"
+        ) from None
+
+
+def compute_metrics(
+    scores: np.ndarray, targets: np.ndarray, primary: str, *, implementation: str = "bench"
+) -> dict[str, float]:
+    """Standard report: ``top1``, ``top5`` (None when C <= 5: every sample would be a hit),
+    ``mean_per_class`` (single-label only), ``primary`` and ``<primary name>`` (same value).
+
+    ``implementation`` chooses whose definitions compute them: ``bench`` (this module),
+    ``elevater`` (ELEVATER's vision-evaluation package) or ``clip_benchmark`` (CLIP_benchmark's).
+    See docs/metrics.md for where they differ."""
+    metric = get_metric(primary)
+    impl = get_implementation(implementation)
+    s = _as_scores(scores)
+    t, multilabel = _as_targets(targets, s)
+    if multilabel and not metric.multilabel_ok:
+        raise ValueError(f"metric {metric.name!r} does not support multi-label targets")
+    out = impl(s, t, multilabel, metric)
+    out["primary"] = out[metric.name]
     return out

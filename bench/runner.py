@@ -26,7 +26,7 @@ from bench.datasets.digits import prepare_digits
 from bench.datasets.registry import DatasetSpec, get_dataset, list_datasets
 from bench.datasets.sources import DatasetRef
 from bench.errors import BenchError
-from bench.experiment import experiment, result_stem, update_index
+from bench.experiment import experiment, logits_path, result_stem, update_index
 from bench.features import ImageFeatures, image_features, text_embeddings
 from bench.labels import Labels, resolve_labels
 from bench.metrics import compute_metrics
@@ -53,6 +53,7 @@ class RunOptions:
     batch_size: int = 64
     workers: int | None = None
     save_predictions: bool = False
+    save_logits: bool = False  # also write <result stem>.logits.npz: scores, targets, image paths
     limit: int | None = None
     skip_bad_images: bool = False
     progress: bool = True
@@ -236,7 +237,9 @@ class Runner:
         per_prompt = self.class_weights(backend, ps, ref.spec.name, labels)
         logits = scores(feats.features, class_embeddings(per_prompt)).numpy()
         targets = target_array(data, feats.indices)
-        metrics = compute_metrics(logits, targets, ref.spec.metric)
+        # the protocol names whose metric definitions score it (bench.metrics.IMPLEMENTATIONS)
+        metrics_impl = protocols.load_protocol(opts.protocol).metric_implementation
+        metrics = compute_metrics(logits, targets, ref.spec.metric, implementation=metrics_impl)
         t2 = time.perf_counter()
         result = {
             **result_header(spec, ref, data, "zeroshot", language, self.opts.protocol, self.precision),
@@ -248,6 +251,7 @@ class Runner:
             "n_templates": per_prompt.shape[1],
             "metric": ref.spec.metric,
             "metrics": metrics,
+            "metrics_implementation": metrics_impl,
             "labels_with_unknown_tokens": unknown,
             "skipped_images": len(feats.errors),
             "skipped_examples": feats.errors[:5],
@@ -389,8 +393,20 @@ class Runner:
                 t = data.targets[i]
                 w.writerow([data.paths[i], t if isinstance(t, int) else ";".join(map(str, t)), int(preds[row])])
             atomic_write_bytes(folder / f"{stem}.predictions.csv", buf.getvalue().encode("utf-8"))
+        if self.opts.save_logits:
+            write_logits(logits_path(folder / f"{stem}.json"), logits, targets,
+                         [data.paths[i] for i in indices.tolist()])
         atomic_write_json(folder / f"{stem}.json", result)
         update_index(folder, f"{stem}.json", ident)
+
+
+def write_logits(path: Path, scores: np.ndarray, targets: np.ndarray, paths: list) -> None:
+    """Save the scores the metrics saw, the targets and the image paths (row order) as one .npz,
+    atomically; plain arrays only, so `np.load(..., allow_pickle=False)` reads it."""
+    buf = io.BytesIO()
+    np.savez(buf, scores=np.asarray(scores), targets=np.asarray(targets),
+             paths=np.asarray([str(p) for p in paths], dtype=str))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # Task name → Runner method: `bench run --task` dispatches through this table.
