@@ -16,7 +16,7 @@ from bench.datasets.base import SplitData, stratified_limit
 from bench.errors import BenchError
 from bench.labels import Labels, label_file, parse_label_file, resolve_labels
 from bench.models import ModelSpec, resolve_model
-from bench.prompts import PromptSet, load_prompt_set
+from bench.prompts import PromptSet, is_path_arg, load_prompt_set
 from bench.runner import DatasetRef, Runner, RunOptions, load_data, resolve_datasets, target_array, unknown_labels
 from bench.studies import compute
 
@@ -55,8 +55,10 @@ class Study:
 
     def labels(self, spec: ModelSpec, ref: DatasetRef, arg: str | None) -> Labels:
         """The labels `arg` names; warns, as `bench run` does, about names that tokenize to [UNK]."""
-        labels = resolve_labels(arg, ref.spec, self.runner.language(spec), None if arg != "dataset" else
-                                load_data(ref, self.opts.split, None))
+        # a label file is matched to a plain folder's class folders by name, so it needs the data too
+        needs_data = arg == "dataset" or (arg is not None and is_path_arg(arg))
+        labels = resolve_labels(arg, ref.spec, self.runner.language(spec),
+                                load_data(ref, self.opts.split, None) if needs_data else None)
         unknown_labels(self.runner.backend(spec), labels)
         return labels
 

@@ -1,0 +1,56 @@
+"""Plain inputs a new user gives (issue 15, items 1, 5-8): they work, or fail naming the problem."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from bench.datasets import sources
+from bench.errors import BenchError
+from bench.labels import resolve_labels
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def plain_folder(root, names, splits=("test",), per_class=2):
+    """`<root>/<split>/<class name>/<image>` with small generated images."""
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for name in names:
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def label_yaml(path, names):
+    path.write_text(yaml.safe_dump({"labels": list(names)}, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def folder_labels(tmp_path, names, file_names, language="en"):
+    ref = sources.ref_for_path(plain_folder(tmp_path / "plain-digits", names))
+    data = sources.load(ref, "test")
+    return data, resolve_labels(str(label_yaml(tmp_path / "labels.yaml", file_names)), ref.spec, language, data)
+
+
+def test_label_file_in_other_order_is_matched_to_class_folders_by_name(tmp_path):
+    data, labels = folder_labels(tmp_path, DIGITS, DIGITS)
+    # class i is the i-th sorted folder; its name must be that folder's, not DIGITS[i]
+    folder_of_class = {t: p.split("/")[0] for p, t in zip(data.paths, data.targets)}
+    assert [labels.names[c] for c in sorted(folder_of_class)] == [folder_of_class[c] for c in sorted(folder_of_class)]
+    assert labels.names != tuple(DIGITS)
+
+
+def test_label_file_sharing_only_some_folder_names_is_an_error_naming_them(tmp_path):
+    with pytest.raises(BenchError, match=r"'nine'.*'ten'|names with no folder: 'ten'"):
+        folder_labels(tmp_path, DIGITS, DIGITS[:9] + ["ten"])
+
+
+def test_translated_label_file_is_applied_in_sorted_folder_order(tmp_path):
+    zh = ["八", "五", "四", "九", "一", "七", "六", "三", "二", "零"]  # sorted folders: eight, five, ...
+    _, labels = folder_labels(tmp_path, DIGITS, zh, language="zh")
+    assert labels.names == tuple(zh)
