@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import yaml
@@ -54,3 +56,33 @@ def test_translated_label_file_is_applied_in_sorted_folder_order(tmp_path):
     zh = ["八", "五", "四", "九", "一", "七", "六", "三", "二", "零"]  # sorted folders: eight, five, ...
     _, labels = folder_labels(tmp_path, DIGITS, zh, language="zh")
     assert labels.names == tuple(zh)
+
+
+def test_space_separated_names_still_split_but_paths_stay_whole(tmp_path, monkeypatch):
+    from bench.cli_common import split_multi
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my data").mkdir()
+    assert split_multi(["demo demo-en", "vit-b16"]) == ["demo", "demo-en", "vit-b16"]
+    assert split_multi(["my data", "./other dir/m.yaml", "models/模型 1.yaml"]) == \
+        ["my data", "./other dir/m.yaml", "models/模型 1.yaml"]
+
+
+def test_run_with_dataset_and_model_under_paths_with_spaces_and_unicode(tmp_path, bench_cli):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from identity_helpers import latest_result
+    from tiny_models import make_open_clip_dir, write_model_yaml
+
+    base = tmp_path / "my files" / "数据 集"
+    data = plain_folder(base / "toy set", ["cat", "dog", "red car"])
+    model_dir = make_open_clip_dir(base / "tiny model")
+    yml = write_model_yaml(base / "tiny model.yaml", name="tiny-oc", backend="open_clip",
+                           model=f"local-dir:{model_dir}", language="en")
+    code, _, err = bench_cli("run", "--model", yml, "--dataset", data, "--labels", "dataset", "--out",
+                             tmp_path / "out", "--cache-dir", tmp_path / "cache", "--device", "cpu", "--workers", "0")
+    assert code == 0, err
+    result = json.loads(latest_result(tmp_path / "out" / "tiny-oc" / "toy set", "zeroshot").read_text())
+    assert result["n_samples"] == 6
