@@ -86,3 +86,31 @@ def test_run_with_dataset_and_model_under_paths_with_spaces_and_unicode(tmp_path
     assert code == 0, err
     result = json.loads(latest_result(tmp_path / "out" / "tiny-oc" / "toy set", "zeroshot").read_text())
     assert result["n_samples"] == 6
+
+
+@pytest.mark.parametrize("templates, language", [(["a photo of a {{ label }}."], "en"),
+                                                 (["一张{{ label }}的照片。", "a {{ label }}"], "zh")])
+def test_prompt_file_with_only_templates_infers_its_language(tmp_path, templates, language):
+    from bench.authoring.lint import lint_prompt_file
+    from bench.prompts import load_prompt_set
+
+    path = tmp_path / "我的 prompts.yaml"
+    path.write_text(yaml.safe_dump({"templates": templates}, allow_unicode=True), encoding="utf-8")
+    ps = load_prompt_set(str(path))
+    assert (ps.name, ps.language, ps.language_source) == ("我的 prompts", language, "inferred from templates")
+    assert not [f for f in lint_prompt_file(path) if f.level == "error" and "language" in f.message]
+
+
+def test_run_records_an_inferred_prompt_language(tmp_path, bench_cli, digits_root, cache_dir):
+    from identity_helpers import latest_result
+
+    path = tmp_path / "only-templates.yaml"
+    path.write_text(yaml.safe_dump({"templates": ["{{ label }}"]}), encoding="utf-8")
+    code, _, err = bench_cli("run", "--model", "demo-en", "--dataset", "digits", "--prompts", path, "--limit", "20",
+                             "--data-root", digits_root, "--cache-dir", cache_dir, "--out", tmp_path / "out",
+                             "--workers", "0")
+    assert code == 0, err
+    result = json.loads(latest_result(tmp_path / "out" / "demo-en" / "digits", "zeroshot").read_text())
+    assert result["prompts"] == "only-templates"
+    assert (result["prompts_language"], result["prompts_language_source"]) == ("en", "inferred from templates")
+    assert result["manifest"]["prompts"]["name_source"] == "file name"
