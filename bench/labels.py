@@ -148,7 +148,9 @@ def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: Spli
             fname = {"en": "label.txt", "zh": "label_cn.txt"}[language]
             raise BenchError(f"--labels dataset: {spec.name} has no {fname} beside its splits")
         names = data.class_names[language]
-        labels = Labels(names, str(Path(data.root).parent / {"en": "label.txt", "zh": "label_cn.txt"}[language]))
+        # a plain folder's names are its class folders: never record a label.txt that does not exist
+        labels = Labels(names, f"{data.root} (class folder names)" if data.source == "folder" else
+                        str(Path(data.root).parent / {"en": "label.txt", "zh": "label_cn.txt"}[language]))
         check_language(names, language, labels.source)
     elif arg is not None and is_path_arg(arg):
         names, _ = parse_label_file(Path(arg))
@@ -157,6 +159,10 @@ def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: Spli
         check_language(names, language, labels.source)
     else:
         path = label_file(language, spec.name)
+        if not path.is_file() and data is not None and data.source == "folder":
+            raise BenchError(f"no {language} labels for {data.root.parent} (a plain image folder): pass "
+                             "--labels dataset to use its class folder names, or --labels FILE with one name "
+                             "per class folder")
         if not path.is_file():
             have = sorted(p.parent.name for p in labels_dir().glob(f"*/{spec.name}.yaml"))
             raise BenchError(f"no {language} labels for dataset {spec.name} ({path} is missing; "

@@ -114,3 +114,22 @@ def test_run_records_an_inferred_prompt_language(tmp_path, bench_cli, digits_roo
     assert result["prompts"] == "only-templates"
     assert (result["prompts_language"], result["prompts_language_source"]) == ("en", "inferred from templates")
     assert result["manifest"]["prompts"]["name_source"] == "file name"
+
+
+def test_plain_folder_without_labels_offers_labels_dataset_not_the_install_tree(tmp_path):
+    from bench.paths import resource_root
+
+    ref = sources.ref_for_path(plain_folder(tmp_path / "my-photos", ["cat", "dog"]))
+    with pytest.raises(BenchError, match="--labels dataset") as exc:
+        resolve_labels(None, ref.spec, "en", sources.load(ref, "test"))
+    assert str(resource_root()) not in str(exc.value)
+
+
+def test_labels_dataset_on_plain_folder_records_no_missing_label_txt_and_works_in_zh(tmp_path):
+    ref = sources.ref_for_path(plain_folder(tmp_path / "我的照片", ["猫", "狗", "汽车"]))
+    data = sources.load(ref, "test")
+    labels = resolve_labels("dataset", ref.spec, "zh", data)
+    assert set(labels.names) == {"猫", "狗", "汽车"}
+    assert labels.source.endswith("(class folder names)") and "label_cn.txt" not in labels.source
+    with pytest.raises(BenchError, match="Chinese"):  # Chinese folder names in an English run
+        resolve_labels("dataset", ref.spec, "en", data)
