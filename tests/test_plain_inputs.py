@@ -133,3 +133,26 @@ def test_labels_dataset_on_plain_folder_records_no_missing_label_txt_and_works_i
     assert labels.source.endswith("(class folder names)") and "label_cn.txt" not in labels.source
     with pytest.raises(BenchError, match="Chinese"):  # Chinese folder names in an English run
         resolve_labels("dataset", ref.spec, "en", data)
+
+
+@pytest.mark.parametrize("splits", [("test", "train"), ("test",)])
+def test_prompts_study_with_default_flags_on_plain_folders(tmp_path, bench_cli, splits):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from identity_helpers import latest_result
+    from tiny_models import make_open_clip_dir, write_model_yaml
+
+    data = plain_folder(tmp_path / "my-photos", ["cat", "dog", "car"], splits=splits, per_class=3)
+    yml = write_model_yaml(tmp_path / "tiny.yaml", name="tiny-oc", backend="open_clip",
+                           model=f"local-dir:{make_open_clip_dir(tmp_path / 'oc')}", language="en")
+    code, _, err = bench_cli("study", "prompts", "--model", yml, "--dataset", data, "--labels", "dataset",
+                             "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--device", "cpu",
+                             "--workers", "0")
+    assert code == 0, err
+    result = json.loads(latest_result(tmp_path / "out" / "tiny-oc" / "my-photos", "study-prompts").read_text())
+    if "train" in splits:
+        assert result["greedy"]["val_source"].startswith("train hold-out") and result["greedy_skipped"] is None
+    else:
+        assert result["greedy"] is None and "no val or train split" in result["greedy_skipped"]
