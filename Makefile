@@ -28,7 +28,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/bench run --model "$(MODELS)" --dataset $(DATASET) --out $(RUNS) $(ARGS)
+	$(BIN)/bench run $(foreach m,$(MODELS),--model $(m)) $(foreach d,$(DATASET),--dataset $(d)) --out $(RUNS) $(ARGS)
 	$(if $(filter demo,$(MODEL)),$(BIN)/bench study prompts --model demo --dataset digits --out $(RUNS) && $(BIN)/bench study labels --model demo --dataset digits --variant numerals --out $(RUNS))
 	$(BIN)/bench report $(RUNS) --out $(REPORT) --format $(FORMAT)
 

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="evaluate models on datasets", epilog=RUN_EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--model", action="append", required=True,
-                     help="registry name, alias (vit-h14) or model YAML path; repeat or space-separate for several")
+                     help="registry name, alias (vit-h14) or model YAML path; repeatable (names may also be space-separated)")
     run.add_argument("--dataset", action="append", required=True,
                      help="registry name, 'all', or a dataset folder path; repeatable")
     run.add_argument("--task", default="zeroshot", choices=["zeroshot", "linear-probe", "all"])

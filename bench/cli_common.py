@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from bench.errors import BenchError
 
@@ -26,5 +27,13 @@ def encoding_options(args) -> dict:
 
 
 def split_multi(values: list[str]) -> list[str]:
-    """`--model "a b" --model c` → [a, b, c]."""
-    return [v for value in values for v in value.split()]
+    """`--model "a b" --model c` → [a, b, c]; a value that can be a path is kept whole.
+
+    A value may be a path when it exists or has a path separator, so a folder or model
+    YAML whose path has spaces is one value (issue 15); only plain names are split on whitespace.
+    """
+    out: list[str] = []
+    for value in values:
+        could_be_path = "/" in value or "\\" in value or Path(value).expanduser().exists()
+        out.extend([value] if could_be_path else value.split())
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from bench.errors import BenchError
 from bench.paths import labels_dir
 from bench.prompts import check_name, is_path_arg
 from bench.registry import load_yaml, unknown
+
+log = logging.getLogger("bench")
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,39 @@ def check_language(names: tuple[str, ...], language: str, source: str) -> None:
                          "English (en) evaluation; use an English label file, or pass --language zh")
 
 
+def match_folder_names(names: tuple[str, ...], data: SplitData | None, source: str) -> tuple[str, ...]:
+    """A label file for a plain image folder, in the class folders' order (issue 15).
+
+    A plain folder's classes are its class folder names in sorted order, so a file that lists those
+    names in another order (``zero`` … ``nine``) would be applied to the wrong classes by index: it is
+    reordered by name, and says so. A file that shares some names but not all is an error naming the
+    difference. A file with none of the folder names (a translation) is applied in the sorted order.
+    """
+    from bench.datasets.classes import normalise
+
+    folders = data.class_names.get("en") if data is not None and data.source == "folder" else None
+    if not folders or len(folders) != len(names):
+        return names  # not a plain folder, or check_count reports the count
+    want, have = [normalise(f) for f in folders], [normalise(n) for n in names]
+    if want == have or not set(want) & set(have):
+        if want != have:
+            log.info("%s: has none of the class folder names; applied in their sorted order (%s)", source,
+                     ", ".join(f"{f} → {n}" for f, n in list(zip(folders, names))[:4]) + ", …")
+        return names
+    if set(want) == set(have) and len(set(have)) == len(have):
+        by_key = dict(zip(have, names))
+        log.info("%s: names the class folders of %s in another order; matched by name", source, data.root)
+        return tuple(by_key[k] for k in want)
+    missing = [f for f, k in zip(folders, want) if k not in set(have)]
+    extra = [n for n, k in zip(names, have) if k not in set(want)]
+    raise BenchError(f"{source}: its names do not match the class folders of {data.root}: "
+                     f"folders with no name in the file: {', '.join(map(repr, missing[:10])) or 'none'}; "
+                     f"names with no folder: {', '.join(map(repr, extra[:10])) or 'none'}"
+                     f"{' (a name is repeated)' if len(set(have)) != len(have) else ''}; "
+                     "list exactly the folder names (any order), or names of none of them in the folders' "
+                     "sorted order")
+
+
 def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: SplitData | None = None) -> Labels:
     """Labels for `spec` in `language`: the shipped default, a named variant, a YAML path, or `dataset`."""
     if arg == "dataset":
@@ -112,14 +148,21 @@ def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: Spli
             fname = {"en": "label.txt", "zh": "label_cn.txt"}[language]
             raise BenchError(f"--labels dataset: {spec.name} has no {fname} beside its splits")
         names = data.class_names[language]
-        labels = Labels(names, str(Path(data.root).parent / {"en": "label.txt", "zh": "label_cn.txt"}[language]))
+        # a plain folder's names are its class folders: never record a label.txt that does not exist
+        labels = Labels(names, f"{data.root} (class folder names)" if data.source == "folder" else
+                        str(Path(data.root).parent / {"en": "label.txt", "zh": "label_cn.txt"}[language]))
         check_language(names, language, labels.source)
     elif arg is not None and is_path_arg(arg):
         names, _ = parse_label_file(Path(arg))
+        names = match_folder_names(names, data, str(arg))
         labels = Labels(names, str(arg))
         check_language(names, language, labels.source)
     else:
         path = label_file(language, spec.name)
+        if not path.is_file() and data is not None and data.source == "folder":
+            raise BenchError(f"no {language} labels for {data.root.parent} (a plain image folder): pass "
+                             "--labels dataset to use its class folder names, or --labels FILE with one name "
+                             "per class folder")
         if not path.is_file():
             have = sorted(p.parent.name for p in labels_dir().glob(f"*/{spec.name}.yaml"))
             raise BenchError(f"no {language} labels for dataset {spec.name} ({path} is missing; "

@@ -134,6 +134,8 @@ class PromptSet:
     path: str = ""
     lines: dict = field(default_factory=dict, compare=False, repr=False)
     key_aliases: dict = field(default_factory=dict, compare=False, repr=False)  # dataset name -> key as written
+    language_source: str = "file"  # or "inferred from templates" when the file has no `language:`
+    name_source: str = "file"  # or "file name" when the file has no `name:`
 
     def templates_for(self, dataset: str) -> tuple[str, ...]:
         if dataset in self.per_dataset:
@@ -158,6 +160,13 @@ class PromptSet:
         return [[render(t, label, f"{self.path}: template {src!r}") for src, t in compiled] for label in labels]
 
 
+def infer_language(templates: list, per_dataset: dict) -> str:
+    """zh when any template has a Chinese (Han) character, else en: for a file without `language:`."""
+    han = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+    texts = [*templates, *(t for group in per_dataset.values() if isinstance(group, list) for t in group)]
+    return "zh" if any(han.search(str(t)) for t in texts) else "en"
+
+
 def parse_prompt_set(path: Path) -> PromptSet:
     """Load and fully validate a prompt-set file (every template compiled)."""
     path = Path(path)
@@ -169,20 +178,24 @@ def parse_prompt_set(path: Path) -> PromptSet:
         raise BenchError(f"{path}: unknown key(s) {', '.join(sorted(map(str, extra)))}; "
                          f"allowed: {', '.join(sorted(ALLOWED_KEYS))}")
     language = data.get("language")
-    if language not in ("en", "zh"):
-        raise BenchError(f"{path}: language must be 'en' or 'zh', got {language!r}")
     templates = data.get("templates") or []
     per_dataset = data.get("per_dataset") or {}
     if not isinstance(templates, list) or not isinstance(per_dataset, dict):
         raise BenchError(f"{path}: templates must be a list and per_dataset a mapping of lists")
     if not templates and not per_dataset:
         raise BenchError(f"{path}: no templates")
+    language_source = "file"
+    if language is None:  # a file with only `templates:` just works (issue 15); the result says so
+        language, language_source = infer_language(templates, per_dataset), "inferred from templates"
+    if language not in ("en", "zh"):
+        raise BenchError(f"{path}: language must be 'en' or 'zh', got {language!r}")
     lines = template_lines(path, path.read_text(encoding="utf-8"))
     per_dataset, lines, key_aliases = _canonical_keys(path, {str(k): v for k, v in per_dataset.items()}, lines)
     ps = PromptSet(name=str(data.get("name") or path.stem), language=language, templates=tuple(templates),
                    per_dataset={str(k): tuple(v) if isinstance(v, list) else v for k, v in per_dataset.items()},
                    description=str(data.get("description") or ""), path=str(path), lines=lines,
-                   key_aliases=key_aliases)
+                   key_aliases=key_aliases, language_source=language_source,
+                   name_source="file" if data.get("name") else "file name")
     for ds, tpl in ps.per_dataset.items():
         if not isinstance(tpl, tuple) or not tpl:
             raise BenchError(f"{path}: per_dataset.{ds} must be a non-empty list of templates")

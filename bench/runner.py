@@ -244,6 +244,8 @@ class Runner:
         result = {
             **result_header(spec, ref, data, "zeroshot", language, self.opts.protocol, self.precision),
             "prompts": ps.name,
+            "prompts_language": ps.language,
+            "prompts_language_source": getattr(ps, "language_source", "file"),
             "labels": labels.description,
             "label_variant": labels.variant,
             "n_samples": int(feats.indices.numel()),
@@ -372,7 +374,9 @@ class Runner:
             "versions": package_versions(),
             "model": {**backend.identity(), "language": backend.spec.language, "source": backend.spec.source},
             "dataset": {"name": data.spec.name, "folder": str(Path(data.root).parent), "fingerprint": data.fingerprint},
-            "prompts": {"name": ps.name, "path": ps.path} if ps is not None else None,
+            "prompts": {"name": ps.name, "path": ps.path, "language": ps.language,
+                        "language_source": ps.language_source, "name_source": ps.name_source}
+            if ps is not None else None,
             "device": str(backend.device),
             "settings": settings,
         }

@@ -17,7 +17,7 @@ import yaml
 
 from bench.backends.base import TextCheck
 from bench.errors import BenchError
-from bench.prompts import ALLOWED_KEYS, environment, template_lines
+from bench.prompts import ALLOWED_KEYS, environment, infer_language, template_lines
 from bench.validation import (  # noqa: F401 - Finding, normalize_text, has_han: this module's API too
     ERROR,
     LATIN_RE,
@@ -213,6 +213,10 @@ def lint_prompt_file(path: Path, checker: TextChecker | None = None, datasets: t
     findings += [Finding(p, keys.get(k, 1), ERROR, f"unknown key '{k}'; allowed: {', '.join(sorted(ALLOWED_KEYS))}")
                  for k in sorted(extra)]
     language = data.get("language")
+    if language is None and isinstance(data.get("templates") or [], list) and isinstance(data.get("per_dataset") or {}, dict):
+        # as a run does (bench.prompts.infer_language): Chinese characters in a template → zh, else en
+        language = infer_language(data.get("templates") or [], data.get("per_dataset") or {})
+        findings.append(Finding(p, 1, WARNING, f"no `language:`; inferred '{language}' from the templates"))
     if language not in ("en", "zh"):
         findings.append(Finding(p, keys.get("language", 1), ERROR, f"language must be 'en' or 'zh', got {language!r}"))
         language = None

@@ -43,4 +43,6 @@ def load_split(spec: DatasetSpec, folder: Path, split: str) -> SplitData:
     paths, targets = scan_classes(spec, [(idx, d, repr(d.name)) for idx, d in ranked], h)
     names = tuple(d.name for _, d in ranked)
     return SplitData(spec=spec, split=split, root=split_dir, paths=tuple(paths), targets=tuple(targets),
-                     source="folder", class_names={"en": names}, fingerprint=h.hexdigest())
+                     # the folder names serve `--labels dataset` in either language (Chinese folder names
+                     # in zh); check_language refuses names in the wrong language
+                     source="folder", class_names={"en": names, "zh": names}, fingerprint=h.hexdigest())

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from bench.cache import atomic_write_json, check_writable
-from bench.datasets import elevater
+from bench.datasets import sources
 from bench.datasets.base import SplitData, stratified_limit
 from bench.errors import BenchError
 from bench.labels import Labels, label_file, parse_label_file, resolve_labels
 from bench.models import ModelSpec, resolve_model
-from bench.prompts import PromptSet, load_prompt_set
+from bench.prompts import PromptSet, is_path_arg, load_prompt_set
 from bench.runner import DatasetRef, Runner, RunOptions, load_data, resolve_datasets, target_array, unknown_labels
 from bench.studies import compute
 
@@ -55,8 +55,10 @@ class Study:
 
     def labels(self, spec: ModelSpec, ref: DatasetRef, arg: str | None) -> Labels:
         """The labels `arg` names; warns, as `bench run` does, about names that tokenize to [UNK]."""
-        labels = resolve_labels(arg, ref.spec, self.runner.language(spec), None if arg != "dataset" else
-                                load_data(ref, self.opts.split, None))
+        # a label file is matched to a plain folder's class folders by name, so it needs the data too
+        needs_data = arg == "dataset" or (arg is not None and is_path_arg(arg))
+        labels = resolve_labels(arg, ref.spec, self.runner.language(spec),
+                                load_data(ref, self.opts.split, None) if needs_data else None)
         unknown_labels(self.runner.backend(spec), labels)
         return labels
 
@@ -114,17 +116,20 @@ def stratified_holdout(targets: tuple, fraction: float, seed: int) -> list[int]:
 
 
 def validation_data(ref: DatasetRef, eval_split: str, fraction: float, seed: int,
-                    limit: int | None) -> tuple[SplitData, str]:
-    """The dataset's val folder, else a seeded stratified hold-out of train; never the evaluated split."""
-    if (ref.folder / "val").is_dir():
-        name, data, source = "val", elevater.load_split(ref.spec, ref.folder, "val"), "val"
+                    limit: int | None) -> tuple[SplitData, str] | None:
+    """The dataset's val split, else a seeded stratified hold-out of train; never the evaluated split.
+
+    Splits are read by the dataset's own source (a plain folder's `train/` is class names, not ELEVATER
+    ids); None when there is neither, as after the default `bench datasets prepare` (test only).
+    """
+    if (ref.folder / "val").is_dir() and eval_split != "val":
+        name, data, source = "val", sources.load(ref, "val"), "val"
     elif (ref.folder / "train").is_dir():
-        train = elevater.load_split(ref.spec, ref.folder, "train")
+        train = sources.load(ref, "train")
         name, source = "train", f"train hold-out ({fraction:.0%}, seed {seed})"
         data = train.subset(stratified_holdout(train.targets, fraction, seed))
     else:
-        raise BenchError(f"{ref.folder}: greedy template selection needs a 'val' or 'train' split beside "
-                         f"'{eval_split}'; add one or pass --no-greedy")
+        return None
     if name == eval_split:
         raise BenchError(f"greedy selection would choose templates on the evaluated split '{eval_split}'; "
                          "evaluate on test or pass --no-greedy")
@@ -152,8 +157,14 @@ def prompts_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, greedy: bool =
     ensemble = compute.evaluate(test.features, per_prompt, test.targets, metric)
     picks = compute.best_median_worst(templates, primaries)
     result_greedy = None
-    if greedy:
-        val_data, source = validation_data(ref, st.opts.split, val_fraction, seed, st.opts.limit)
+    found = validation_data(ref, st.opts.split, val_fraction, seed, st.opts.limit) if greedy else None
+    greedy_note = None
+    if greedy and (found is None or len(templates) < 2):
+        greedy_note = (f"greedy selection skipped: {ref.spec.name} has no val or train split to select on"
+                       if found is None else "greedy selection skipped: the set has one template")
+        log.info("%s", greedy_note)
+    elif greedy:
+        val_data, source = found
         val = st.split(spec, val_data)  # selection sees only this split's labels
         sel = compute.greedy_select(val.features, per_prompt, val.targets, metric, max_templates)
         idx = sel["selected"]
@@ -173,6 +184,7 @@ def prompts_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, greedy: bool =
         **{k: {"template": v["template"], "primary": v["primary"],
                "ensemble_minus": ensemble["primary"] - v["primary"]} for k, v in picks.items()},
         "greedy": result_greedy,
+        "greedy_skipped": greedy_note,
     }
     result["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     return result
