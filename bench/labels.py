@@ -124,8 +124,9 @@ def match_folder_names(names: tuple[str, ...], data: SplitData | None, source: s
     want, have = [normalise(f) for f in folders], [normalise(n) for n in names]
     if want == have or not set(want) & set(have):
         if want != have:
-            log.info("%s: has none of the class folder names; applied in their sorted order (%s)", source,
-                     ", ".join(f"{f} → {n}" for f, n in list(zip(folders, names))[:4]) + ", …")
+            log.warning("%s: has none of the class folder names, so it is applied in the folders' sorted order; "
+                        "check the pairing (%s)", source,
+                        ", ".join(f"{f} → {n}" for f, n in list(zip(folders, names))[:4]) + ", …")
         return names
     if set(want) == set(have) and len(set(have)) == len(have):
         by_key = dict(zip(have, names))
