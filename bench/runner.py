@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import __version__, distributed, probe, protocols
+from bench import __version__, distributed, probe, protocols, stats
 from bench.backends import load_backend
 from bench.backends.base import Backend, resolve_device
 from bench.cache import FeatureCache, TextCache, atomic_write_bytes, atomic_write_json, check_writable
@@ -59,6 +59,7 @@ class RunOptions:
     protocol: str = "bench"  # registered protocol (bench/registry/protocols/); see bench.protocols
     precision: str = "auto"  # auto (the protocol's, else fp32 on CPU / bf16|fp16 autocast on GPU) | fp32 | bf16 | fp16
     compile: str = "auto"  # torch.compile the image tower: auto (when it pays off) | on | off
+    bootstrap: int = 1000  # bootstrap resamples for the zero-shot metrics' 95% CIs (bench.stats); 0: none
     shard_size: int | None = None  # images per cache shard (None: $BENCH_SHARD_SIZE, else 2048); torchrun's unit of work
     # linear probe / few-shot
     probe_impl: str = "auto"  # auto | torch | sklearn
@@ -67,6 +68,17 @@ class RunOptions:
     seeds: tuple[int, ...] = (0, 1, 2)
     val_fraction: float = 0.2
     val_seed: int = 0
+
+
+BOOTSTRAP_SEED = 0  # fixed: the same cached scores always give the same interval
+
+
+def bootstrap_record(metric: str, n_boot: int) -> dict:
+    """How a result's ``ci95`` was computed (beside it in the result JSON)."""
+    ranking = metric in ("roc_auc", "11point_mAP")
+    return {"resamples": n_boot, "primary_resamples": stats.ranking_resamples(n_boot) if ranking else n_boot,
+            "seed": BOOTSTRAP_SEED, "level": 0.95, "interval": "percentile",
+            "resampling": "test images with replacement; stratified by class for binary and multi-label sets"}
 
 
 def prepare_command(spec: DatasetSpec) -> str:
@@ -237,6 +249,7 @@ class Runner:
         logits = scores(feats.features, class_embeddings(per_prompt)).numpy()
         targets = target_array(data, feats.indices)
         metrics = compute_metrics(logits, targets, ref.spec.metric)
+        ci95 = stats.bootstrap_ci(logits, targets, ref.spec.metric, n_boot=opts.bootstrap, seed=BOOTSTRAP_SEED)
         t2 = time.perf_counter()
         result = {
             **result_header(spec, ref, data, "zeroshot", language, self.opts.protocol, self.precision),
@@ -248,6 +261,7 @@ class Runner:
             "n_templates": per_prompt.shape[1],
             "metric": ref.spec.metric,
             "metrics": metrics,
+            **({"ci95": ci95, "bootstrap": bootstrap_record(ref.spec.metric, opts.bootstrap)} if ci95 else {}),
             "labels_with_unknown_tokens": unknown,
             "skipped_images": len(feats.errors),
             "skipped_examples": feats.errors[:5],
