@@ -209,3 +209,54 @@ def bootstrap_ci(scores: np.ndarray, targets: np.ndarray, primary: str, n_boot: 
         reps[metric.name] = _ranking_replicates(metric.name, s, t, strata, ranking_resamples(n_boot), rng)
     reps["primary"] = reps[metric.name]
     return {k: percentile_ci(v, level) for k, v in reps.items()}
+
+
+# ----------------------------------------------------------------------------- paired comparisons
+
+EXACT_MCNEMAR_BELOW = 25  # discordant pairs under which McNemar's chi-square is replaced by the exact binomial
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """McNemar's test of two classifiers' top-1 on the same images (bool ``[N]`` each, same order).
+
+    ``b``/``c``: images only A / only B gets right. Exact two-sided binomial test (p of b out of b + c at 1/2)
+    when ``b + c < EXACT_MCNEMAR_BELOW``, else the chi-square statistic with continuity correction (1 dof).
+    No discordant pair: p = 1."""
+    a, b_ = np.asarray(correct_a, dtype=bool).ravel(), np.asarray(correct_b, dtype=bool).ravel()
+    if a.shape != b_.shape:
+        raise ValueError(f"paired correctness must have equal shapes, got {a.shape} and {b_.shape}")
+    b, c = int((a & ~b_).sum()), int((~a & b_).sum())
+    n = b + c
+    if n == 0:
+        return {"b": b, "c": c, "test": "exact", "p": 1.0}
+    if n < EXACT_MCNEMAR_BELOW:
+        from scipy.stats import binom
+
+        p = min(1.0, 2.0 * float(binom.cdf(min(b, c), n, 0.5)))
+        return {"b": b, "c": c, "test": "exact", "p": p}
+    from scipy.stats import chi2
+
+    stat = (abs(b - c) - 1.0) ** 2 / n
+    return {"b": b, "c": c, "test": "chi2", "statistic": stat, "p": float(chi2.sf(stat, 1))}
+
+
+def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int = DEFAULT_BOOTSTRAP,
+                     seed: int = 0, level: float = 0.95) -> dict:
+    """Paired bootstrap of the top-1 difference A − B on the same images: ``{"delta", "ci95", "p"}``.
+
+    The difference depends only on how many resampled images fall in each of the four (A right?, B right?)
+    cells, so replicates are multinomial cell counts. ``p`` is the two-sided bootstrap p-value
+    (twice the smaller tail share of replicates on either side of 0, at most 1)."""
+    a, b_ = np.asarray(correct_a, dtype=bool).ravel(), np.asarray(correct_b, dtype=bool).ravel()
+    if a.shape != b_.shape or a.size == 0:
+        raise ValueError(f"paired correctness must have equal non-empty shapes, got {a.shape} and {b_.shape}")
+    n = a.size
+    only_a, only_b = int((a & ~b_).sum()), int((~a & b_).sum())
+    delta = (only_a - only_b) / n
+    if only_a == only_b == 0:
+        return {"delta": 0.0, "ci95": [0.0, 0.0], "p": 1.0}
+    rng = np.random.default_rng(seed)
+    cells = rng.multinomial(n, [only_a / n, only_b / n, 1.0 - (only_a + only_b) / n], size=n_boot)
+    reps = (cells[:, 0] - cells[:, 1]) / n
+    p = min(1.0, 2.0 * min((reps <= 0).mean(), (reps >= 0).mean()))
+    return {"delta": float(delta), "ci95": percentile_ci(reps, level), "p": float(p)}

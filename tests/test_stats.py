@@ -117,3 +117,29 @@ def test_run_records_ci95_and_report_shows_it(bench_cli, cache_dir, digits_root,
     assert "ci95" not in json.loads(latest_result(tmp_path / "none" / "demo" / "digits", "zeroshot").read_text())
     code, _, err = bench_cli("run", *common, "--out", tmp_path / "neg", "--bootstrap", "-1")
     assert code != 0 and "--bootstrap" in err
+
+
+def test_mcnemar_against_scipy_exact_and_chi2():
+    from scipy.stats import binomtest, chi2
+
+    a = np.r_[np.ones(10, bool), np.zeros(3, bool), np.ones(50, bool)]
+    b = np.r_[np.zeros(10, bool), np.ones(3, bool), np.ones(50, bool)]
+    small = stats.mcnemar(a, b)
+    assert (small["b"], small["c"], small["test"]) == (10, 3, "exact")
+    assert small["p"] == pytest.approx(binomtest(10, 13, 0.5).pvalue)
+    a = np.r_[np.ones(40, bool), np.zeros(20, bool)]
+    b = ~a
+    big = stats.mcnemar(a, b)
+    assert big["test"] == "chi2" and big["p"] == pytest.approx(chi2.sf((20 - 1) ** 2 / 60, 1))
+
+
+def test_paired_comparison_with_itself_and_with_a_worse_classifier():
+    rng = np.random.default_rng(7)
+    a = rng.random(1000) < 0.8
+    same = stats.paired_bootstrap(a, a)
+    assert same["delta"] == 0.0 and same["p"] == 1.0 and stats.mcnemar(a, a)["p"] == 1.0
+    worse = a & (rng.random(1000) < 0.9)  # loses about 8 points, never gains
+    diff = stats.paired_bootstrap(a, worse, seed=1)
+    assert diff["delta"] > 0.05 and diff["ci95"][0] > 0 and diff["p"] < 0.01
+    assert stats.mcnemar(a, worse)["p"] < 1e-6
+    assert diff == stats.paired_bootstrap(a, worse, seed=1)
