@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write <result>.logits.npz: the scores the metrics saw, targets, image paths "
                           "(input of `bench export elevater-submission`)")
     run.add_argument("--limit", type=int, default=None, help="evaluate at most N images per dataset (stratified)")
+    run.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                     help="bootstrap resamples for the 95%% confidence intervals (ci95) of zero-shot metrics; "
+                          "0 disables (default: 1000)")
     run.add_argument("--skip-bad-images", action="store_true",
                      help="skip unreadable images (their count is recorded) instead of failing")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -135,6 +138,7 @@ def cmd_run(args) -> int:
         **encoding, save_predictions=args.save_predictions, save_logits=args.save_logits, limit=args.limit,
         skip_bad_images=args.skip_bad_images, probe_impl=args.probe_impl, probe_init=args.probe_init,
         shots=_shots(args), seeds=args.seeds, protocol=args.protocol, precision=args.precision,
+        bootstrap=_bootstrap(args),
         progress=sys.stderr.isatty() if args.progress is None else args.progress)
     results = run(split_multi(args.model), split_multi(args.dataset), opts, tasks)
     if not is_main_process():
@@ -142,6 +146,12 @@ def cmd_run(args) -> int:
     print(format_table(results))
     print(f"results written under {args.out}/")
     return 0
+
+
+def _bootstrap(args) -> int:
+    if args.bootstrap < 0:
+        raise BenchError(f"--bootstrap {args.bootstrap}: the number of resamples must be 0 (no intervals) or more")
+    return args.bootstrap
 
 
 def _shots(args) -> tuple[int, ...]:

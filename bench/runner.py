@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import __version__, distributed, probe, protocols
+from bench import __version__, distributed, probe, protocols, stats
 from bench.backends import load_backend
 from bench.backends.base import Backend, resolve_device
 from bench.cache import FeatureCache, TextCache, atomic_write_bytes, atomic_write_json, check_writable
@@ -60,6 +60,7 @@ class RunOptions:
     protocol: str = "bench"  # registered protocol (bench/registry/protocols/); see bench.protocols
     precision: str = "auto"  # auto (the protocol's, else fp32 on CPU / bf16|fp16 autocast on GPU) | fp32 | bf16 | fp16
     compile: str = "auto"  # torch.compile the image tower: auto (when it pays off) | on | off
+    bootstrap: int = 1000  # bootstrap resamples for the zero-shot metrics' 95% CIs (bench.stats); 0: none
     shard_size: int | None = None  # images per cache shard (None: $BENCH_SHARD_SIZE, else 2048); torchrun's unit of work
     # linear probe / few-shot
     probe_impl: str = "auto"  # auto | torch | sklearn
@@ -68,6 +69,17 @@ class RunOptions:
     seeds: tuple[int, ...] = (0, 1, 2)
     val_fraction: float = 0.2
     val_seed: int = 0
+
+
+BOOTSTRAP_SEED = 0  # fixed: the same cached scores always give the same interval
+
+
+def bootstrap_record(metric: str, n_boot: int) -> dict:
+    """How a result's ``ci95`` was computed (beside it in the result JSON)."""
+    ranking = metric in ("roc_auc", "11point_mAP")
+    return {"resamples": n_boot, "primary_resamples": stats.ranking_resamples(n_boot) if ranking else n_boot,
+            "seed": BOOTSTRAP_SEED, "level": 0.95, "interval": "percentile",
+            "resampling": "test images with replacement; stratified by class for binary and multi-label sets"}
 
 
 def prepare_command(spec: DatasetSpec) -> str:
@@ -240,6 +252,10 @@ class Runner:
         # the protocol names whose metric definitions score it (bench.metrics.IMPLEMENTATIONS)
         metrics_impl = protocols.load_protocol(opts.protocol).metric_implementation
         metrics = compute_metrics(logits, targets, ref.spec.metric, implementation=metrics_impl)
+        # The bootstrap recomputes bench's own metric definitions: under another implementation its interval
+        # would not belong to the number printed beside it, so it is left out there.
+        ci95 = (stats.bootstrap_ci(logits, targets, ref.spec.metric, n_boot=opts.bootstrap, seed=BOOTSTRAP_SEED)
+                if metrics_impl == "bench" else {})
         t2 = time.perf_counter()
         result = {
             **result_header(spec, ref, data, "zeroshot", language, self.opts.protocol, self.precision),
@@ -254,6 +270,7 @@ class Runner:
             "metric": ref.spec.metric,
             "metrics": metrics,
             "metrics_implementation": metrics_impl,
+            **({"ci95": ci95, "bootstrap": bootstrap_record(ref.spec.metric, opts.bootstrap)} if ci95 else {}),
             "labels_with_unknown_tokens": unknown,
             "skipped_images": len(feats.errors),
             "skipped_examples": feats.errors[:5],

@@ -283,6 +283,7 @@ def test_report_from_a_real_demo_run(bench_cli, cache_dir, digits_root, tmp_path
     assert code == 0, err
     result = json.loads(latest_result(tmp_path / "runs" / "demo" / "digits", "zeroshot").read_text(encoding="utf-8"))
     rows = parse(tmp_path / "out" / "report.html").tables["matrix"]
-    assert rows[1][0] == "demo [limit=60]" and rows[1][1] == f"{100 * result['metrics']['primary']:.1f}"
+    lo, hi = result["ci95"]["primary"]  # the number, then ± half its 95% bootstrap interval
+    assert rows[1][0] == "demo [limit=60]" and rows[1][1] == f"{100 * result['metrics']['primary']:.1f} ±{50 * (hi - lo):.1f}"
     summary = {r[0]: r[1] for r in parse(tmp_path / "out" / "report.html").tables["summary"]}
     assert result["manifest"]["versions"]["torch"] in summary["versions"]

@@ -103,6 +103,14 @@ def pct_cell(x: Any, classes: tuple[str, ...] = (), marks: tuple[int, ...] = ())
     return Cell(pct(v), None if v is None else 100 * v, ("num", *classes), marks)
 
 
+def ci_text(r: Any, key: str = "primary") -> str:
+    """" ±x.x": half the width of a result's 95% bootstrap interval of one metric, in points; "" without one."""
+    ci = get(r, "ci95", key)
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or num(ci[0]) is None or num(ci[1]) is None:
+        return ""
+    return f" ±{50 * (num(ci[1]) - num(ci[0])):.1f}"
+
+
 def points_cell(x: Any, signed: bool = False, classes: tuple[str, ...] = ()) -> Cell:
     v = num(x)
     if v is None:
@@ -237,7 +245,8 @@ def matrix_section(matrix: Matrix, published: Published, notes: Notes) -> Sectio
             marks = tuple(notes.mark(c) for ref in published.lookup(r["model"], d) for c in ref.caveats if c.datasets)
             used += marks
             p, t = num(get(r, "metrics", "primary")), num(get(r, "metrics", "top1"))
-            text = pct(p) if r.get("metric") in (None, "accuracy") else f"{pct(p)} ({pct(t)})"
+            text = (pct(p) + ci_text(r) if r.get("metric") in (None, "accuracy")
+                    else f"{pct(p)}{ci_text(r)} ({pct(t)}{ci_text(r, 'top1')})")
             row.append(Cell(text, None if p is None else 100 * p,
                             ("num", *(("best",) if m in matrix.best(d) else ())), tuple(dict.fromkeys(marks)),
                             f"{r.get('metric', 'primary')} {pct(p)}, top-1 {pct(t)}, n={r.get('n_samples', '?')}"))
@@ -252,6 +261,8 @@ def matrix_section(matrix: Matrix, published: Published, notes: Notes) -> Sectio
                       if matrix.cells[k].get("metric") not in (None, "accuracy")})
     intro = ("Primary metric in %; where it is not accuracy, top-1 follows in parentheses "
              f"({'; '.join(metrics)}). " if metrics else "Accuracy in %. ")
+    if any(get(r, "ci95") for r in matrix.cells.values()):
+        intro += "± is half the width of the 95% bootstrap confidence interval over test images. "
     intro += "Best per dataset in bold. ELEVATER mean: mean over the ELEVATER datasets a row has (count in parentheses)."
     sec = Section("matrix", "Zero-shot results", intro, [Table("matrix", headers, rows)])
     sec.notes = notes.listing(used)
