@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= test,cn-clip
+EXTRAS ?= test,cn-clip,elevater
 
 MODEL   ?= demo
 # `demo` runs the tiny bilingual model on both sides (Chinese and English) on the generated digits.

@@ -80,9 +80,17 @@ HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 LATIN = re.compile(r"[A-Za-z]")
 
 
-def check_distinct(names: tuple[str, ...], source: str) -> None:
-    """Two classes with one name get identical class embeddings: the model could never tell them apart."""
+def check_distinct(names: tuple[str, ...], source: str, duplicates: str = "error") -> None:
+    """Two classes with one name get identical class embeddings: the model could never tell them apart.
+
+    `duplicates="warn"`: a protocol that reproduces an official file with repeats (ImageNet's label_cn.txt
+    has three pairs) runs it as published, and says so."""
     dupes = [n for n, c in Counter(names).items() if c > 1]
+    if dupes and duplicates == "warn":
+        log.warning("%s: %d class name(s) are used for more than one class (%s); kept as the protocol publishes "
+                    "them, so those classes get identical class embeddings", source, len(dupes),
+                    ", ".join(f"{n} ({', '.join(str(i) for i, m in enumerate(names) if m == n)})" for n in dupes[:5]))
+        return
     if dupes:
         where = [i for i, n in enumerate(names) if n == dupes[0]]
         raise BenchError(f"{source}: class name '{dupes[0]}' is used for classes {', '.join(map(str, where))}"
@@ -142,8 +150,10 @@ def match_folder_names(names: tuple[str, ...], data: SplitData | None, source: s
                      "sorted order")
 
 
-def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: SplitData | None = None) -> Labels:
-    """Labels for `spec` in `language`: the shipped default, a named variant, a YAML path, or `dataset`."""
+def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: SplitData | None = None,
+                   duplicates: str = "error") -> Labels:
+    """Labels for `spec` in `language`: the shipped default, a named variant, a YAML path, or `dataset`;
+    `duplicates`: what a name used for two classes is, "error" or (under a protocol that says so) "warn"."""
     if arg == "dataset":
         if data is None or language not in data.class_names:
             fname = {"en": "label.txt", "zh": "label_cn.txt"}[language]
@@ -179,5 +189,5 @@ def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: Spli
             names = tuple(variants[variant].get(i, n) for i, n in enumerate(names))
         labels = Labels(names, display_path(path), variant)
     check_count(labels.names, spec, labels.description)
-    check_distinct(labels.names, labels.description)
+    check_distinct(labels.names, labels.description, duplicates)
     return labels

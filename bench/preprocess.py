@@ -18,9 +18,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def squash_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> Compose:
     """Resize the whole image to size × size (bicubic, aspect ratio not kept), no crop.
 
-    This is Chinese CLIP's and ELEVATER's evaluation preprocessing; a center crop would drop
-    the image borders (and, on KITTI, the cars at the edges).
-    """
+    This is Chinese CLIP's evaluation preprocessing (cn_clip.clip.utils.image_transform), and ELEVATER's
+    for KITTI only: ELEVATER otherwise resizes and centre-crops. A centre crop drops the image borders
+    (and, on KITTI, the cars at the edges)."""
     # imported here: torchvision pulls in torch._dynamo (over a second), and a fully cached run needs
     # no transform at all
     from torchvision import transforms as T

@@ -1,7 +1,7 @@
 """Protocol registry: one YAML per protocol under bench/registry/protocols/ (see docs/protocols.md).
 
-A protocol fixes everything that changes a number apart from the model and the images. Only `bench` runs
-end to end so far; the others are registered (listed, recorded) and refused at run time with a clear error
+A protocol fixes everything that changes a number apart from the model and the images. `bench` and `cn-clip`
+run end to end; the others are registered (listed, recorded) and refused at run time with a clear error
 until their pieces land, rather than silently running under bench's settings."""
 
 from __future__ import annotations
@@ -17,14 +17,20 @@ PROTOCOL_DIR = Path(__file__).parent / "registry" / "protocols"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCORES = ("logits", "softmax100")
 IMPLEMENTATIONS = ("bench", "elevater", "clip_benchmark")
-RUNNABLE = ("bench",)  # protocols whose every setting the runner implements today
+RUNNABLE = ("bench", "cn-clip")  # protocols whose every setting the runner implements today
+TEMPLATE_KEYS = {"module", "language", "default", "per_dataset", "install"}
+# Text normalisations by name: "module:function" applied to every rendered prompt before tokenizing.
+TEXT_NORMALISATIONS = {"none": None, "cn_clip": "bench.backends.hf:normalize_cn_text"}
+# Image transforms: `model` keeps the model's registry `preprocess`; others replace it with that preprocess
+# (bench.models.PREPROCESS) for the run.
+IMAGE_TRANSFORMS = ("model", "cn-clip", "elevater")
 
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
     name: str
     description: str
-    templates: str
+    templates: str | dict  # a named source, or {module, language, default, per_dataset} read from a package
     labels: str
     text_normalisation: str
     image_transform: str
@@ -32,7 +38,8 @@ class Protocol:
     scores: str
     metric_implementation: str
     data: str
-    duplicate_labels: str = "error"
+    duplicate_labels: str = "error"  # two classes with one name: error | warn
+    duplicate_templates: str = "error"  # a template listed twice: error | keep (kept, so it weighs twice)
     published: str | None = None
     path: Path | None = None
 
@@ -50,9 +57,19 @@ def _load(path: Path) -> Protocol:
     except TypeError as exc:
         raise BenchError(f"{path}: {exc}") from None
     for key, allowed in (("precision", PRECISIONS), ("scores", SCORES),
-                         ("metric_implementation", IMPLEMENTATIONS)):
+                         ("metric_implementation", IMPLEMENTATIONS), ("text_normalisation", tuple(TEXT_NORMALISATIONS)),
+                         ("image_transform", IMAGE_TRANSFORMS), ("duplicate_labels", ("error", "warn")),
+                         ("duplicate_templates", ("error", "keep"))):
         if getattr(proto, key) not in allowed:
             raise BenchError(f"{path}: {key} is '{getattr(proto, key)}', expected one of {', '.join(allowed)}")
+    if isinstance(proto.templates, dict):
+        missing, extra = {"module", "default"} - set(proto.templates), set(proto.templates) - TEMPLATE_KEYS
+        if missing or extra:
+            raise BenchError(f"{path}: templates from a package need the keys module and default "
+                             f"(and optionally language, per_dataset); missing: {', '.join(sorted(missing)) or 'none'}, "
+                             f"unknown: {', '.join(sorted(extra)) or 'none'}")
+    elif not isinstance(proto.templates, str):
+        raise BenchError(f"{path}: templates must be a source name or a mapping with module and default")
     if proto.name != path.stem:
         raise BenchError(f"{path}: name '{proto.name}' does not match the file name '{path.stem}'")
     return proto
@@ -77,11 +94,28 @@ def load_protocol(name: str) -> Protocol:
     return protos[name]
 
 
+def text_normaliser(proto: Protocol):
+    """The protocol's text normalisation as a function str -> str (None: texts are used as rendered)."""
+    target = TEXT_NORMALISATIONS[proto.text_normalisation]
+    if target is None:
+        return None
+    import importlib
+
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def templates_source(proto: Protocol) -> str:
+    """A one-line description of where a protocol's templates come from (for listings and errors)."""
+    t = proto.templates
+    return t if isinstance(t, str) else f"{t['module']} ({t['default']} unless per_dataset names a list)"
+
+
 def check_runnable(proto: Protocol) -> None:
     """Refuse a protocol whose settings the runner cannot honour yet (never run it under bench's settings)."""
     if proto.name not in RUNNABLE:
         raise BenchError(f"protocol '{proto.name}' is registered but cannot run yet: bench does not implement its "
-                         f"templates ({proto.templates}), labels ({proto.labels}), scores ({proto.scores}) and "
+                         f"templates ({templates_source(proto)}), labels ({proto.labels}), scores ({proto.scores}) and "
                          f"metric implementation ({proto.metric_implementation}) yet; runnable: {', '.join(RUNNABLE)}")
 
 

@@ -32,8 +32,9 @@ from bench.labels import Labels, resolve_labels
 from bench.metrics import compute_metrics
 from bench.models import ModelSpec, resolve_model
 from bench.prompts import PromptSet, load_prompt_set
+from bench.protocol_prompts import package_prompt_set
 from bench.validation import require_valid
-from bench.zeroshot import LOGIT_SCALE, class_embeddings, normalize, scores
+from bench.zeroshot import LOGIT_SCALE, class_embeddings, normalize, protocol_scores, scores
 
 log = logging.getLogger(__name__)
 # Sources that can be generated locally without network, by name.
@@ -158,21 +159,40 @@ def result_header(spec: ModelSpec, ref: DatasetRef, data: SplitData, task: str, 
             "protocol": protocol, "precision": precision}
 
 
-def _resolve_run_precision(opts: RunOptions) -> str:
-    """Validate --protocol/--precision before any work and return the resolved precision.
+@dataclass(frozen=True)
+class Precision:
+    """A run's precision: what it computes in, what the backend is told, and what the experiment records."""
 
-    The backends compute in bench's default precision only (fp32 on CPU, bf16/fp16 autocast on GPU) and the
-    feature cache is keyed by that, so another precision is refused rather than recorded but not applied."""
+    resolved: str  # fp32 | bf16 | fp16: what the result JSON says
+    backend: str  # "auto" when that is bench's default on the device (caches keep their keys), else resolved
+    identity: str  # "auto" when that is what --precision auto gives under the protocol, else resolved
+
+
+def check_protocol_overrides(proto: protocols.Protocol, opts: RunOptions) -> None:
+    """A protocol other than bench fixes its templates and class names: --prompts or --labels would make its
+    numbers someone else's protocol under its name, so they are refused (studies compare sources instead)."""
+    fixed = []
+    if opts.prompts and proto.templates != "model-default":
+        fixed.append("--prompts")
+    if opts.labels and proto.labels != "bench" and opts.labels != proto.labels:
+        fixed.append("--labels")
+    if fixed:
+        raise BenchError(f"protocol '{proto.name}' fixes its templates ({protocols.templates_source(proto)}) and class "
+                         f"names ({proto.labels}); drop {' and '.join(fixed)}, or use --protocol bench to evaluate "
+                         "your own (`bench study sets` / `bench study labels` compare them)")
+
+
+def _resolve_run_precision(opts: RunOptions) -> Precision:
+    """Validate --protocol/--precision (and the flags a protocol fixes) before any work."""
     proto = protocols.load_protocol(opts.protocol)
     protocols.check_runnable(proto)
+    check_protocol_overrides(proto, opts)
     device = resolve_device(opts.device)
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     resolved = protocols.resolve_precision(opts.precision, proto, device.type, bf16)
     default = protocols.default_precision(device.type, bf16)
-    if resolved != default:
-        raise BenchError(f"precision {resolved} is not implemented yet on {device.type} (bench computes in "
-                         f"{default} there); use --precision auto or {default}")
-    return resolved
+    by_auto = protocols.resolve_precision("auto", proto, device.type, bf16)
+    return Precision(resolved, "auto" if resolved == default else resolved, "auto" if resolved == by_auto else resolved)
 
 
 def unknown_labels(backend: Backend, labels: Labels) -> list[str]:
@@ -191,9 +211,12 @@ class Runner:
 
     def __init__(self, opts: RunOptions):
         # Results record the resolved precision; the experiment's identity keeps `auto` when the request
-        # resolves to the default (only the default runs today), so `--precision fp32` on CPU is not a new file.
-        self.precision = _resolve_run_precision(opts)
-        self.opts = opts = replace(opts, precision="auto")
+        # resolves to what auto gives, so `--precision fp32` on CPU is not a new file.
+        self.protocol = protocols.load_protocol(opts.protocol)
+        self._precision = _resolve_run_precision(opts)
+        self.precision = self._precision.resolved
+        self.opts = opts = replace(opts, precision=self._precision.identity)
+        self._package_prompts: PromptSet | None = None
         check_writable(opts.cache_dir, "cache directory")
         self.features = FeatureCache(opts.cache_dir, opts.shard_size)
         self.texts = TextCache(opts.cache_dir)
@@ -202,19 +225,39 @@ class Runner:
     def backend(self, spec: ModelSpec) -> Backend:
         if spec.name not in self._backends:
             log.info("loading %s", spec.name)
-            self._backends[spec.name] = load_backend(spec, device=self.opts.device, cache_dir=self.opts.cache_dir)
+            if self.protocol.image_transform != "model":  # the protocol's transform replaces the model's own
+                spec = replace(spec, preprocess=self.protocol.image_transform)
+            backend = load_backend(spec, device=self.opts.device, cache_dir=self.opts.cache_dir)
+            backend.precision = self._precision.backend
+            self._backends[spec.name] = backend
         return self._backends[spec.name]
 
     def language(self, spec: ModelSpec) -> str:
         return self.opts.language or spec.language
 
     def prompt_set(self, spec: ModelSpec) -> PromptSet:
+        """The protocol's templates: read from a package (cn-clip), else --prompts or the model's default set."""
+        source = self.protocol.templates
+        if isinstance(source, dict):
+            if self._package_prompts is None:
+                self._package_prompts = package_prompt_set(
+                    source, f"protocol {self.protocol.name} ({self.protocol.path})",
+                    source.get("install", "pip install -e '.[cn-clip]'"))
+            return self._package_prompts
         return load_prompt_set(self.opts.prompts or spec.default_prompts)
+
+    def labels_arg(self) -> str | None:
+        """The --labels value in effect: the protocol's label source unless it is bench's (then --labels)."""
+        return self.opts.labels if self.protocol.labels == "bench" else self.protocol.labels
+
+    def labels(self, ref: DatasetRef, language: str, data: SplitData) -> Labels:
+        return resolve_labels(self.labels_arg(), ref.spec, language, data,
+                              duplicates=self.protocol.duplicate_labels)
 
     def allow_duplicate_templates(self) -> bool:
         """Whether repeated templates are a warning rather than an error (`bench.validation`): only for a
         protocol that reproduces a template list with deliberate repeats, such as Chinese CLIP's."""
-        return False
+        return self.protocol.duplicate_templates == "keep"
 
     def image_features(self, backend: Backend, data: SplitData) -> ImageFeatures:
         """Image features of one split through the feature cache, with this run's encoding options."""
@@ -225,7 +268,8 @@ class Runner:
     def class_weights(self, backend: Backend, ps: PromptSet, dataset: str, labels: Labels) -> torch.Tensor:
         """[C, T, D] prompt embeddings for every label × template (cached per model × prompts × labels)."""
         grid = ps.render(dataset, list(labels.names))
-        flat = [t for row in grid for t in row]
+        normalise = protocols.text_normaliser(self.protocol)
+        flat = [normalise(t) if normalise else t for row in grid for t in row]
         emb = text_embeddings(backend, flat, self.texts, progress=self.opts.progress)
         return emb.view(len(grid), len(grid[0]), -1)
 
@@ -234,12 +278,13 @@ class Runner:
         t0 = time.perf_counter()
         data = load_data(ref, opts.split, opts.limit)
         language = self.language(spec)
-        labels = resolve_labels(opts.labels, ref.spec, language, data)
+        labels = self.labels(ref, language, data)
         ps = self.prompt_set(spec)
         if ps.language != language:
             log.warning("prompt set %s is %s but %s is evaluated in %s", ps.name, ps.language, spec.name, language)
         ps.templates_for(ref.spec.name)  # fail on a missing per-dataset set before encoding images
-        require_valid(ps, allow_duplicates=self.allow_duplicate_templates(), datasets=(ref.spec.name,))
+        require_valid(ps, allow_duplicates=self.allow_duplicate_templates(), datasets=(ref.spec.name,),
+                      summarise=ps.name_source == "protocol")
         backend = self.backend(spec)
         unknown = unknown_labels(backend, labels)
         feats = self.image_features(backend, data)
@@ -247,10 +292,11 @@ class Runner:
             return None  # torchrun: this rank's shards are cached; rank 0 classifies and writes
         t1 = time.perf_counter()
         per_prompt = self.class_weights(backend, ps, ref.spec.name, labels)
-        logits = scores(feats.features, class_embeddings(per_prompt)).numpy()
+        # what the metrics see: scaled cosines, or the protocol's softmax(100·cos) probabilities
+        logits = protocol_scores(scores(feats.features, class_embeddings(per_prompt)), self.protocol.scores).numpy()
         targets = target_array(data, feats.indices)
         # the protocol names whose metric definitions score it (bench.metrics.IMPLEMENTATIONS)
-        metrics_impl = protocols.load_protocol(opts.protocol).metric_implementation
+        metrics_impl = self.protocol.metric_implementation
         metrics = compute_metrics(logits, targets, ref.spec.metric, implementation=metrics_impl)
         # The bootstrap recomputes bench's own metric definitions: under another implementation its interval
         # would not belong to the number printed beside it, so it is left out there.
@@ -270,6 +316,7 @@ class Runner:
             "metric": ref.spec.metric,
             "metrics": metrics,
             "metrics_implementation": metrics_impl,
+            "scores": self.protocol.scores,
             **({"ci95": ci95, "bootstrap": bootstrap_record(ref.spec.metric, opts.bootstrap)} if ci95 else {}),
             "labels_with_unknown_tokens": unknown,
             "skipped_images": len(feats.errors),
@@ -326,7 +373,7 @@ class Runner:
         init, ps, labels = None, None, None
         kind = probe.problem_kind(train.y, ref.spec.num_classes)
         if opts.probe_init == "zeroshot":
-            labels = resolve_labels(opts.labels, ref.spec, language, test_data)
+            labels = self.labels(ref, language, test_data)
             ps = self.prompt_set(spec)
             classes = class_embeddings(self.class_weights(backend, ps, ref.spec.name, labels)).numpy()
             init = probe.init_from_classifier(classes, kind, LOGIT_SCALE)

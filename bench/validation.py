@@ -170,13 +170,17 @@ def validate_prompt_set(ps, *, allow_duplicates: bool = False, datasets: Iterabl
                         datasets=datasets)
 
 
-def require_valid(ps, *, allow_duplicates: bool = False, datasets: Iterable[str] = ()) -> None:
-    """Refuse a prompt set with errors (all of them in one BenchError); log its warnings."""
+def require_valid(ps, *, allow_duplicates: bool = False, datasets: Iterable[str] = (), summarise: bool = False) -> None:
+    """Refuse a prompt set with errors (all of them in one BenchError); log its warnings, each on its line,
+    or (`summarise`, for a published set read from a package, which nobody here can edit) as one line."""
     findings = validate_prompt_set(ps, allow_duplicates=allow_duplicates, datasets=datasets)
     errors = [f for f in findings if f.level == ERROR]
-    for f in findings:
-        if f.level == WARNING:
-            log.warning("%s", f.format())
+    warnings = [f for f in findings if f.level == WARNING]
+    if summarise and warnings:
+        log.warning("%s: %d lint warning(s), kept as published (e.g. %s)", ps.name, len(warnings),
+                    "; ".join(f.message for f in warnings[:2]))
+    for f in warnings if not summarise else ():
+        log.warning("%s", f.format())
     if errors:
         shown = "\n  ".join(f.format() for f in errors)
         raise BenchError(f"prompt set '{ps.name}' ({ps.path}) has {len(errors)} error(s):\n  {shown}\n"

@@ -20,3 +20,13 @@ def class_embeddings(per_prompt: torch.Tensor) -> torch.Tensor:
 def scores(image_features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """[N, D] image features × [C, D] class embeddings → [N, C] scaled cosine logits."""
     return LOGIT_SCALE * normalize(image_features) @ normalize(classes).T
+
+
+def protocol_scores(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """The scores a protocol's metrics are computed on: `logits` (scaled cosines, as they are) or
+    `softmax100`, softmax(100·cos) over the classes, as Chinese CLIP's script and the ELEVATER server use."""
+    if kind == "logits":
+        return logits
+    if kind == "softmax100":
+        return (logits * (100.0 / LOGIT_SCALE)).softmax(dim=-1)
+    raise ValueError(f"unknown scores kind {kind!r}")

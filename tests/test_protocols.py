@@ -47,14 +47,14 @@ def test_protocols_list_cli(bench_cli):
     code, out, _ = bench_cli("protocols", "list", "--json")
     assert code == 0
     rows = {r["name"]: r for r in json.loads(out)}
-    assert rows["bench"]["runnable"] and not rows["cn-clip"]["runnable"]
+    assert rows["bench"]["runnable"] and rows["cn-clip"]["runnable"] and not rows["elevater"]["runnable"]
     code, out, _ = bench_cli("protocols", "list")
     assert code == 0 and "datacomp" in out
 
 
 @pytest.mark.parametrize("args, message", [
     (("--protocol", "cn-clp"), "did you mean: cn-clip"),
-    (("--protocol", "cn-clip"), "cannot run yet"),   # never silently run under bench's settings
+    (("--protocol", "elevater"), "cannot run yet"),   # never silently run under bench's settings
     (("--precision", "bf16", "--device", "cpu"), "needs a GPU"),
 ])
 def test_run_refuses_what_it_cannot_honour(args, message, tmp_path, digits_root, cache_dir, bench_cli):
@@ -73,3 +73,31 @@ def test_result_records_protocol_and_precision(tmp_path, digits_root, cache_dir,
     assert code == 0, err
     res = json.loads(next(out.rglob("zeroshot*.json")).read_text(encoding="utf-8"))
     assert (res["protocol"], res["precision"]) == ("bench", "fp32")
+
+
+def test_precision_is_part_of_the_backend_identity_only_off_the_default(demo_cache):
+    """An explicit precision keys the feature and text caches apart; the default keeps today's keys."""
+    import torch
+
+    from bench.backends import load_backend
+    from bench.models import resolve_model
+
+    backend = load_backend(resolve_model("demo"), device="cpu", cache_dir=demo_cache)
+    default = backend.identity()
+    assert "precision" not in default
+    backend.precision = "fp32"
+    assert backend.identity() == {**default, "precision": "fp32"}
+    assert backend.text_identity()["precision"] == "fp32"
+    with backend.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_runner_precision_records(tmp_path):
+    """What a run computes in, tells the backend and records in the experiment identity (CPU)."""
+    from bench.runner import RunOptions, _resolve_run_precision
+
+    def prec(**kw):
+        return _resolve_run_precision(RunOptions(out=tmp_path, cache_dir=tmp_path, device="cpu", **kw))
+
+    assert prec() == prec(precision="fp32") == prec(protocol="cn-clip")
+    assert (prec().resolved, prec().backend, prec().identity) == ("fp32", "auto", "auto")

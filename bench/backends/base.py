@@ -104,6 +104,10 @@ class Backend(ABC):
     # attributes set by _load_text (any other missing attribute loads the model)
     TEXT_ATTRS: tuple[str, ...] = ("tokenizer", "context_length")
     PACKAGE: str | None = None  # the distribution whose code builds the model (its version keys the memo)
+    # "auto" (bench's default for the device) or an explicit fp32 | bf16 | fp16 that differs from it; the
+    # runner sets it. Not "auto", it is part of the identity, so features and text embeddings computed at
+    # another precision are cached apart.
+    precision: str = "auto"
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", cache_dir: Path | None = None):
         self.spec = spec
@@ -172,7 +176,7 @@ class Backend(ABC):
     def identity(self) -> dict:
         """Everything that changes image features: for cache keys and result manifests."""
         known = self._known()
-        return {
+        ident = {
             "name": self.spec.name,
             "backend": self.spec.backend,
             "model": self.spec.model,
@@ -180,6 +184,9 @@ class Backend(ABC):
             "weights": known["weights"],
             "preprocess": known["preprocess"],
         }
+        if self.precision != "auto":  # absent at the default, so caches written before this key still match
+            ident["precision"] = self.precision
+        return ident
 
     def text_identity(self) -> dict:
         """Everything that changes text embeddings: for the text cache key."""
@@ -246,10 +253,16 @@ class Backend(ABC):
 
     # -- encoding -----------------------------------------------------------------------------
     def autocast(self):
-        if self.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        return torch.autocast("cpu", enabled=False)
+        """bench's default (`precision` auto): bf16 autocast on GPU (fp16 without bf16), fp32 on CPU; an explicit
+        precision (a protocol's fp32, or --precision) replaces it."""
+        if self.device.type != "cuda":
+            return torch.autocast("cpu", enabled=False)
+        if self.precision == "fp32":
+            return torch.autocast("cuda", enabled=False)
+        if self.precision in ("bf16", "fp16"):
+            return torch.autocast("cuda", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor, compiled: bool = False) -> torch.Tensor:
