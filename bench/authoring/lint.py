@@ -17,9 +17,18 @@ import yaml
 
 from bench.backends.base import TextCheck
 from bench.errors import BenchError
-from bench.prompts import ALLOWED_KEYS, environment, infer_language, template_lines
+from bench.prompts import (
+    ALLOWED_KEYS,
+    environment,
+    infer_language,
+    sample_fields,
+    template_fields,
+    template_lines,
+    variable_problem,
+)
 from bench.validation import (  # noqa: F401 - Finding, normalize_text, has_han: this module's API too
     ERROR,
+    FIELD_SENTINELS,
     LATIN_RE,
     SENTINEL,
     WARNING,
@@ -91,18 +100,12 @@ def _compile(source, path: str, line: int) -> tuple[jinja2.Template | None, list
     except jinja2.TemplateSyntaxError as exc:
         return None, [Finding(path, line + max(0, (exc.lineno or 1) - 1), ERROR,
                               f"jinja2 syntax error: {exc.message}: {source!r}")]
-    names = jinja2.meta.find_undeclared_variables(ast)
-    findings = []
-    if "label" not in names:
-        findings.append(Finding(path, line, ERROR, f"template has no {{{{ label }}}}: {source!r}"))
-    if names - {"label"}:
-        findings.append(Finding(path, line, ERROR, f"undefined variable(s) {', '.join(sorted(names - {'label'}))} "
-                                f"(only {{{{ label }}}} is available): {source!r}"))
-    if findings:
-        return None, findings
+    problem = variable_problem(jinja2.meta.find_undeclared_variables(ast), source)
+    if problem:
+        return None, [Finding(path, line, ERROR, problem)]
     template = env.from_string(source)
     try:
-        template.render(label=SENTINEL)
+        template.render(label=SENTINEL, **sample_fields(template_fields(source), FIELD_SENTINELS))
     except jinja2.TemplateError as exc:  # includes the sandbox's SecurityError
         return None, [Finding(path, line, ERROR, f"cannot render: {exc}: {source!r}")]
     return template, []
@@ -158,7 +161,8 @@ def _tokenizer_findings(t: Template, language: str, label_sets: list[tuple[str, 
     """[UNK] in the template's own text, and prompts cut at the context length (with every label)."""
     findings = []
     sample = SAMPLE_LABEL[language]
-    base = checker.check_text(t.compiled.render(label=sample))
+    fields = sample_fields(template_fields(t.source))
+    base = checker.check_text(t.compiled.render(label=sample, **fields))
     sample_check = checker.check_text(sample)
     if len(base.unknown) > len(sample_check.unknown):  # the sample label's own [UNK] is not the template's
         findings.append(Finding(path, t.line, ERROR, f"[UNK] tokens {list(base.unknown)} in {t.source!r}; "
@@ -171,7 +175,7 @@ def _tokenizer_findings(t: Template, language: str, label_sets: list[tuple[str, 
             estimate = base.n_tokens - sample_n + checker.check_text(name).n_tokens
             if estimate <= base.context_length - TRUNCATION_MARGIN:
                 continue
-            text = t.compiled.render(label=name)
+            text = t.compiled.render(label=name, **fields)
             check = checker.check_text(text)
             if check.truncated:
                 truncated.append((text, check))
