@@ -248,12 +248,15 @@ class Runner:
     def class_weights(self, backend: Backend, ps: PromptSet, dataset: str, labels: Labels) -> PerPrompt:
         """[C, T, D] prompt embeddings for every label × template (cached per model × prompts × labels);
         a list of per-class [T_c, D] tensors when classes have different numbers of prompts."""
-        texts, _ = self.class_texts(ps, dataset, labels)
-        flat = [t for row in texts.rows for t in row]
+        return self.row_weights(backend, self.class_texts(ps, dataset, labels)[0].rows)
+
+    def row_weights(self, backend: Backend, rows: list[list[str]]) -> PerPrompt:
+        """Prompt embeddings of every class's own prompts (text cache): [C, T, D] when all classes have T."""
+        flat = [t for row in rows for t in row]
         emb = text_embeddings(backend, flat, self.texts, progress=self.opts.progress)
-        if texts.rectangular:
-            return emb.view(len(texts.rows), len(texts.rows[0]), -1)
-        return list(torch.split(emb, [len(r) for r in texts.rows]))
+        if len({len(r) for r in rows}) == 1:
+            return emb.view(len(rows), len(rows[0]), -1)
+        return list(torch.split(emb, [len(r) for r in rows]))
 
     def zeroshot(self, spec: ModelSpec, ref: DatasetRef) -> dict | None:
         opts = self.opts

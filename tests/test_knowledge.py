@@ -359,3 +359,38 @@ def test_knowledge_run_records_its_source(bench_cli, cache_dir, digits_root, tmp
     assert path != plain and plain.is_file()
     # zero: (1 wiki + 2 gpt3) × 5 templates; three..nine: 2 gpt3 × 5
     assert result["prompt_texts"]["n_prompts"] == [15, 15, 15] + [10] * 7
+
+
+# --------------------------------------------------------------------------- bench study knowledge
+
+
+def test_knowledge_study_from_cached_features(bench_cli, cache_dir, digits_root, tmp_path, count_images):
+    out = tmp_path / "runs"
+    plain, _, _ = run(bench_cli, cache_dir, digits_root, out)  # encodes the images once
+    lf = label_file(tmp_path, {"零": {"definition": "没有数量的数", "descriptions": ["一个圆圈", "像鸡蛋的形状"]},
+                               "七": {"descriptions": ["一横一竖"]}})
+    cupl = tmp_path / "cupl.json"
+    cupl.write_text(json.dumps(cupl_of_plain(), ensure_ascii=False), encoding="utf-8")
+    count_images["n"] = 0
+    code, stdout, err = bench_cli("study", "knowledge", "--model", "demo", "--dataset", "digits", "--data-root",
+                                  digits_root, "--cache-dir", cache_dir, "--out", out, "--workers", "0",
+                                  "--limit", LIMIT, "--no-progress", "--labels", lf, "--cupl", cupl)
+    assert code == 0, err
+    assert count_images["n"] == 0  # no image went through the encoder: every arm reads cached features
+    study = json.loads((out / "demo" / "digits" / "study-knowledge.json").read_text(encoding="utf-8"))
+    assert study["cache"]["images_encoded"] == 0
+    arms = {a["arm"]: a for a in study["arms"]}
+    assert list(arms) == ["plain", "definitions", "descriptions", "cupl", "union"]
+    assert arms["plain"]["primary"] == plain["metrics"]["primary"]
+    assert arms["cupl"]["primary"] == plain["metrics"]["primary"] and arms["cupl"]["mcnemar"]["p"] == 1.0
+    assert arms["definitions"]["classes_with_text"] == 1 and arms["descriptions"]["classes_with_text"] == 2
+    # + descriptions changes only the classes that have them: every other class's recall can move only
+    # through competition, so the per-class gains are listed for all ten
+    assert len(arms["descriptions"]["per_class_gain"]) == 10
+    assert arms["plain"]["n_prompts"] == 50 and arms["descriptions"]["n_prompts"] == 50 - 10 + 15
+    assert "skipped" in study and "elevater" not in arms
+    assert "plain" in stdout and "descriptions" in stdout
+    code, _, err = bench_cli("report", out, "--out", tmp_path / "report", "--format", "md")
+    assert code == 0, err
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "Per-class knowledge" in md and "descriptions" in md
