@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from bench.authoring.lint import ERROR, WARNING
 from bench.errors import BenchError
 from bench.labels import Labels, parse_label_fields, resolve_labels
 from bench.prompts import load_prompt_set, parse_prompt_set
@@ -394,3 +395,58 @@ def test_knowledge_study_from_cached_features(bench_cli, cache_dir, digits_root,
     assert code == 0, err
     md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "Per-class knowledge" in md and "descriptions" in md
+
+
+# --------------------------------------------------------------------------- authoring
+
+
+class FakeChecker:
+    """A tokenizer stand-in: one token per character, context 20, '鸸' unknown."""
+
+    def check_text(self, text):
+        from bench.backends.base import TextCheck
+
+        return TextCheck(len(text), 20, tuple(c for c in text if c == "鸸"))
+
+
+def test_labels_new_scaffolds_fields_that_load_and_lint(bench_cli, tmp_path):
+    code, stdout, err = bench_cli("labels", "new", "digits", "--language", "zh", "--out", tmp_path)
+    assert code == 0, err
+    path = tmp_path / "digits.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert data["labels"] == list(ZH) and set(data["classes"]) == set(ZH)
+    assert data["classes"]["三"] == {"definition": None, "descriptions": []}
+    assert parse_label_fields(path) == ({"descriptions": ()},) * 10  # stubs: no text yet
+    code, _, _ = bench_cli("labels", "new", "digits", "--language", "zh", "--out", tmp_path)
+    assert code != 0  # never overwrites
+
+
+def test_labels_lint_checks_fields(tmp_path):
+    from bench.authoring.lint import lint_label_file
+
+    folder = tmp_path / "zh"
+    folder.mkdir()
+    path = folder / "digits.yaml"
+    path.write_text("labels: [零, 一, 二, 三, 四, 五, 六, 七, 八, 九]\nclasses:\n"
+                    "  零:\n    definition: 没有数量的数\n    descriptions: [一个圆圈, 一个圆圈, ' ']\n"
+                    "  一:\n    descriptions: [a vertical stroke, 一个圆圈]\n"
+                    "  二:\n    descriptions: [鸸鹋一样的形状]\n"
+                    "  三:\n    descriptions: [三个横着的弯弯曲曲的笔画连在一起像一只飞鸟的形状]\n",
+                    encoding="utf-8")
+    found = lint_label_file(path, checker=FakeChecker())
+    text = "\n".join(f.format() for f in found)
+    assert any(f.level == ERROR and f.line == 5 and "repeated" in f.message for f in found), text
+    assert any(f.level == ERROR and "empty description" in f.message for f in found), text
+    assert any(f.level == ERROR and "'a vertical stroke'" in f.message and "no Chinese" in f.message for f in found)
+    assert any(f.level == WARNING and "also given for class 0" in f.message for f in found), text
+    assert any(f.level == ERROR and "[UNK]" in f.message and "鸸鹋" in f.message for f in found), text
+    assert any(f.level == ERROR and "over the context length 20" in f.message and f.line == 11 for f in found), text
+    assert any(f.level == WARNING and f.line == 2 and "9 of 10 classes have no definition: '一'" in f.message
+               for f in found), text
+    assert any(f.level == WARNING and "6 of 10 classes have no descriptions: '四'" in f.message for f in found), text
+    # rendered in a template the text no longer fits: too long once rendered
+    ps = parse_prompt_set(write_yaml(tmp_path / "p.yaml", {"language": "zh", "templates": [
+        "数字{{ label }}。", "一张手写的数字{{ label }}的黑白照片，{{ description }}。"]}))
+    long = lint_label_file(path, checker=FakeChecker(), prompts=ps)
+    assert any("once rendered" in f.message and "'二'" in f.message for f in long)
+    assert not any("once rendered" in f.message and "'二'" in f.message for f in found)

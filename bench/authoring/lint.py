@@ -308,7 +308,7 @@ def _name_duplicates(names: tuple[str, ...], lines: list[int], path: str, where:
 
 
 def lint_label_file(path: Path, dataset: str | None = None, checker: TextChecker | None = None,
-                    language: str | None = None) -> list[Finding]:
+                    language: str | None = None, prompts=None) -> list[Finding]:
     """Every problem in a label file: class count vs the registry, duplicates (per variant too),
     Chinese in an English file (Latin in a Chinese file is normal: model numbers, codes), and with a
     `checker` names the tokenizer maps to [UNK] or truncates."""
@@ -364,4 +364,111 @@ def lint_label_file(path: Path, dataset: str | None = None, checker: TextChecker
             if check.truncated:
                 findings.append(Finding(p, line, level, f"{who} is {check.n_tokens} tokens, over the "
                                         f"context length {check.context_length}"))
+    findings += field_findings(path, text, names, language, checker, prompts)
     return sort_findings(findings)
+
+
+# -- per-class fields (label files' `classes:`) ----------------------------------------------------
+
+def _field_lines(text: str) -> dict[object, dict]:
+    """Under `classes:`, per class key: {"line": key line, "definition": line, "descriptions": [item lines]}."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    out: dict[object, dict] = {}
+    if not isinstance(root, yaml.MappingNode):
+        return out
+    for key, value in root.value:
+        if key.value != "classes" or not isinstance(value, yaml.MappingNode):
+            continue
+        for ck, entry in value.value:
+            k = int(ck.value) if ck.tag.endswith(":int") else str(ck.value)
+            rec: dict = {"line": ck.start_mark.line + 1}
+            if isinstance(entry, yaml.MappingNode):
+                for fk, fv in entry.value:
+                    rec[fk.value] = ([n.start_mark.line + 1 for n in fv.value] if isinstance(fv, yaml.SequenceNode)
+                                     else fk.start_mark.line + 1)
+            out[k] = rec
+    return out
+
+
+def field_findings(path: Path, text: str, names: tuple[str, ...], language: str | None,
+                   checker: TextChecker | None = None, prompts=None) -> list[Finding]:
+    """Problems in a label file's per-class fields: classes without them (when others have them), empty
+    or duplicated texts, texts in the wrong language, and with a `checker` [UNK] tokens and prompts cut
+    at the context length (rendered with `prompts`' templates that use the field, else the text alone)."""
+    from bench.labels import parse_label_fields
+    from bench.prompts import FIELD_VARIABLES, render_class, template_fields
+
+    p = str(path)
+    try:
+        fields = parse_label_fields(path, names)
+    except BenchError as exc:
+        msg = str(exc)
+        return [Finding(p, 1, ERROR, msg[len(p) + 2:] if msg.startswith(p + ": ") else msg)]
+    if not fields:
+        return []
+    lines = _field_lines(text)
+    by_index = {(k if isinstance(k, int) else names.index(k) if k in names else -1): v for k, v in lines.items()}
+    findings: list[Finding] = []
+    for fld in ("definition", "descriptions"):
+        lacking = [n for n, f in zip(names, fields) if not f.get(fld)]
+        if lacking and len(lacking) < len(names):
+            findings.append(Finding(p, _key_lines(text).get("classes", 1), WARNING,
+                                    f"{len(lacking)} of {len(names)} classes have no {fld}: "
+                                    f"{', '.join(map(repr, lacking[:8]))}{' …' if len(lacking) > 8 else ''}; "
+                                    "a template using it fails for them (or skips them with `missing_fields: skip`)"))
+    seen: dict[str, tuple[int, str]] = {}
+    memo = MemoChecker(checker) if checker is not None else None
+    templates = []
+    if prompts is not None:
+        group = prompts.templates or next(iter(prompts.per_dataset.values()), ())
+        templates = [(src, environment().from_string(src)) for src in group if template_fields(src)]
+    for i, name in enumerate(names):
+        rec = by_index.get(i, {})
+        key_line = rec.get("line", 1)
+        f = fields[i]
+        items: list[tuple[str, str, int]] = []
+        if "definition" in f:
+            items.append(("definition", f["definition"], rec.get("definition", key_line)))
+        desc_lines = rec.get("descriptions") if isinstance(rec.get("descriptions"), list) else []
+        for j, d in enumerate(f.get("descriptions", ())):
+            items.append(("description", d, desc_lines[j] if j < len(desc_lines) else key_line))
+        if "descriptions" in f and not f["descriptions"]:
+            findings.append(Finding(p, rec.get("line", key_line), WARNING, f"class {i} {name!r}: descriptions is empty"))
+        own: set[str] = set()
+        for kind, value, line in items:
+            who = f"class {i} {name!r}: {kind} {value!r}"
+            if not value.strip():
+                findings.append(Finding(p, line, ERROR, f"class {i} {name!r}: empty {kind}"))
+                continue
+            key = normalize_text(value)
+            if key in own:
+                findings.append(Finding(p, line, ERROR, f"{who} is repeated for this class; it would count twice"))
+            elif key in seen and seen[key][0] != i:
+                findings.append(Finding(p, line, WARNING, f"{who} is also given for class {seen[key][0]} "
+                                        f"{names[seen[key][0]]!r}: it does not tell the two apart"))
+            own.add(key)
+            seen.setdefault(key, (i, kind))
+            if language == "zh" and LATIN_RE.search(value) and not has_han(value):
+                findings.append(Finding(p, line, ERROR, f"{who} has no Chinese characters in a Chinese (zh) file"))
+            if language == "en" and has_han(value):
+                findings.append(Finding(p, line, ERROR, f"{who}: Chinese characters in an English (en) file"))
+            if memo is None:
+                continue
+            check = memo.check_text(value)
+            if check.unknown:
+                findings.append(Finding(p, line, ERROR, f"{who} has [UNK] tokens {list(check.unknown)[:5]}; the "
+                                        "model cannot see those characters"))
+            usable = [(src, t) for src, t in templates if kind in template_fields(src)
+                      and all(f.get(FIELD_VARIABLES[v]) for v in template_fields(src))]
+            sub = {**f, "descriptions": (value,)} if kind == "description" else f
+            rendered = [r for src, t in usable for r in render_class(t, src, name, sub, template_fields(src), p)]
+            rendered = rendered or [value]
+            worst = max((memo.check_text(r) for r in rendered), key=lambda c: c.n_tokens, default=None)
+            if worst is not None and worst.truncated:
+                how = "once rendered with the prompt set's templates" if usable else "on its own"
+                findings.append(Finding(p, line, ERROR, f"{who} is {worst.n_tokens} tokens {how}, over the "
+                                        f"context length {worst.context_length}: the end is cut off"))
+    return findings
