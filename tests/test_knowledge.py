@@ -450,3 +450,54 @@ def test_labels_lint_checks_fields(tmp_path):
     long = lint_label_file(path, checker=FakeChecker(), prompts=ps)
     assert any("once rendered" in f.message and "'二'" in f.message for f in long)
     assert not any("once rendered" in f.message and "'二'" in f.message for f in found)
+
+
+def test_prompts_lint_reads_cupl_files(tmp_path):
+    from bench.authoring.lint import lint_prompt_file
+
+    good = tmp_path / "c.json"
+    good.write_text(json.dumps(cupl_of_plain(), ensure_ascii=False), encoding="utf-8")
+    assert lint_prompt_file(good) == []
+    data = cupl_of_plain()
+    data["五"] = ["数字五。", "数字五。", "the digit five"]
+    bad = write_yaml(tmp_path / "c.yaml", data)
+    found = lint_prompt_file(bad)
+    assert any(f.level == ERROR and "repeated" in f.message and "'五'" in f.message for f in found)
+    assert any(f.level == WARNING and "'the digit five'" in f.message for f in found)
+    missing = write_yaml(tmp_path / "set.yaml", {"language": "zh", "templates": ["{{ label }}"],
+                                                 "class_prompts": "nope.json"})
+    assert any(f.level == ERROR and "nope.json" in f.message for f in lint_prompt_file(missing))
+
+
+def test_prompts_eval_refuses_per_class_sets_before_encoding(bench_cli, digits_root, tmp_path, count_images):
+    cupl = tmp_path / "c.json"
+    cupl.write_text(json.dumps(cupl_of_plain(), ensure_ascii=False), encoding="utf-8")
+    code, _, err = bench_cli("prompts", "eval", cupl, "--model", "demo", "--dataset", "digits", "--data-root",
+                             digits_root, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "out")
+    assert code != 0 and "bench study knowledge" in err and count_images["n"] == 0
+
+
+def test_bad_knowledge_flags_fail_before_any_work(bench_cli, digits_root, tmp_path, count_images):
+    root = knowledge_dir(tmp_path)
+    base = ["run", "--model", "demo", "--dataset", "digits", "--data-root", digits_root, "--cache-dir",
+            tmp_path / "cache", "--out", tmp_path / "out"]
+    code, _, err = bench_cli(*base, "--knowledge", root, "--knowledge-use", "def_wiki,def_wn")
+    assert code != 0 and "one external field" in err
+    code, _, err = bench_cli(*base, "--knowledge", tmp_path / "nowhere")
+    assert code != 0 and "no external/ or gpt3/" in err
+    assert count_images["n"] == 0
+
+
+def test_docs_examples_load(tmp_path):
+    """The label file and prompt set shown in docs/knowledge.md load and render together."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "knowledge.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, flags=re.S)
+    labels_yaml = next(b for b in blocks if b.startswith("labels:"))
+    set_yaml = next(b for b in blocks if "missing_fields" in b)
+    (tmp_path / "digits.yaml").write_text(labels_yaml, encoding="utf-8")
+    (tmp_path / "set.yaml").write_text(set_yaml, encoding="utf-8")
+    labels = resolve_labels(str(tmp_path / "digits.yaml"), spec(), "zh")
+    rows = parse_prompt_set(tmp_path / "set.yaml").class_texts("digits", labels).rows
+    assert rows[0] == ["一张数字零的照片。", "一张数字零的照片，一个椭圆形的圈。", "一张数字零的照片，中间空心的圆圈。",
+                       "零：最小的自然数，表示没有"]
+    assert rows[1] == ["一张数字一的照片。"]

@@ -210,9 +210,22 @@ def lint_prompt_file(path: Path, checker: TextChecker | None = None, datasets: t
     data, text, findings = _read_yaml(path)
     if findings:
         return findings
+    from bench.classprompts import is_class_prompt_mapping
+
+    if is_class_prompt_mapping(path, data):
+        return lint_class_prompt_file(path, data, text, checker)
     if not isinstance(data, dict):
         return [Finding(p, 1, ERROR, "a prompt set is a mapping with name, language and templates")]
     keys = _key_lines(text)
+    if data.get("class_prompts") is not None:
+        from bench.classprompts import load_class_prompts
+
+        try:
+            if not isinstance(data["class_prompts"], str):
+                raise BenchError("class_prompts must name a CuPL file, relative to this file")
+            load_class_prompts(path.parent / data["class_prompts"])
+        except BenchError as exc:
+            findings.append(Finding(p, keys.get("class_prompts", 1), ERROR, str(exc)))
     extra = set(map(str, data)) - ALLOWED_KEYS
     findings += [Finding(p, keys.get(k, 1), ERROR, f"unknown key '{k}'; allowed: {', '.join(sorted(ALLOWED_KEYS))}")
                  for k in sorted(extra)]
@@ -265,6 +278,47 @@ def lint_prompt_file(path: Path, checker: TextChecker | None = None, datasets: t
                     findings += _tokenizer_findings(t, language, label_sets, memo, p)
     # the rules a run enforces too (bench.validation): duplicates, language, per_dataset keys
     findings += check_groups(checked, language, p, keys.get("language", 0), _per_dataset_key_lines(text))
+    return sort_findings(findings)
+
+
+def lint_class_prompt_file(path: Path, data: object, text: str, checker: TextChecker | None = None) -> list[Finding]:
+    """A CuPL file ({class name: [prompts]}): types, empty or repeated prompts, one language throughout,
+    and with a `checker` [UNK] tokens and prompts over the context length. Class names are matched to a
+    dataset's labels when it runs."""
+    from bench.classprompts import check_class_prompts
+
+    p = str(path)
+    try:
+        prompts = check_class_prompts(path, data)
+    except BenchError as exc:
+        msg = str(exc)
+        return [Finding(p, 1, ERROR, msg[len(p) + 2:] if msg.startswith(p + ": ") else msg)]
+    lines = _key_lines(text) if path.suffix.lower() != ".json" else {}
+    all_prompts = [x for ps in prompts.values() for x in ps]
+    zh = sum(has_han(x) for x in all_prompts) * 2 > len(all_prompts)
+    findings = []
+    for name, items in prompts.items():
+        line = lines.get(name, 1)
+        seen: set[str] = set()
+        for x in items:
+            key = normalize_text(x)
+            if key in seen:
+                findings.append(Finding(p, line, ERROR, f"class {name!r}: prompt {x!r} is repeated; it would count twice"))
+            seen.add(key)
+            if zh and LATIN_RE.search(x) and not has_han(x):
+                findings.append(Finding(p, line, WARNING, f"class {name!r}: prompt {x!r} has no Chinese characters "
+                                        "in a mostly Chinese file"))
+            if not zh and has_han(x):
+                findings.append(Finding(p, line, WARNING, f"class {name!r}: prompt {x!r} has Chinese characters "
+                                        "in a mostly English file"))
+            if checker is not None:
+                check = checker.check_text(x)
+                if check.unknown:
+                    findings.append(Finding(p, line, ERROR, f"class {name!r}: [UNK] tokens {list(check.unknown)[:5]} "
+                                            f"in {x!r}"))
+                if check.truncated:
+                    findings.append(Finding(p, line, ERROR, f"class {name!r}: {x!r} is {check.n_tokens} tokens, over "
+                                            f"the context length {check.context_length}"))
     return sort_findings(findings)
 
 
