@@ -472,7 +472,9 @@ def text_record(ps: PromptSet, labels: Labels, texts: ClassTexts) -> dict:
         p = Path(ps.class_prompts_path)
         cp = {"path": ps.class_prompts_path, "sha256": file_sha256(p) if p.is_file() else None,
               "n_classes": len(ps.class_prompts)}
-    return {"n_prompts": n_prompts(texts.rows), "fields": used,
+    src = Path(ps.path) if ps.path else None
+    return {"prompts_file": {"path": ps.path, "sha256": file_sha256(src)} if src and src.is_file() else None,
+            "n_prompts": n_prompts(texts.rows), "fields": used,
             "class_prompts": cp, "missing_fields": ps.missing_fields,
             "classes_missing_fields": {labels.names[c]: srcs for c, srcs in texts.skipped.items()}}
 

@@ -119,7 +119,11 @@ def language_findings(templates: list[Template], language: str, path: str, set_l
         elif language == "zh" and LATIN_RE.search(text) and not has_han(text):
             findings.append(Finding(path, t.line, ERROR, f"template looks English (no Chinese characters) "
                                     f"in a Chinese (zh) set: {t.source!r}"))
-    if language == "zh" and templates and not any(has_han(own_text[id(t)]) for t in templates):
+    # a template of fields alone ("{{ description }}") has no text of its own to be in either language
+    from bench.prompts import template_fields
+
+    worded = [t for t in templates if own_text[id(t)].strip() or not template_fields(t.source)]
+    if language == "zh" and worded and not any(has_han(own_text[id(t)]) for t in worded):
         findings.append(Finding(path, set_line, ERROR, "language is zh but no template contains Chinese "
                                 "characters; set `language: en` or translate the templates"))
     return findings

@@ -501,3 +501,21 @@ def test_docs_examples_load(tmp_path):
     assert rows[0] == ["一张数字零的照片。", "一张数字零的照片，一个椭圆形的圈。", "一张数字零的照片，中间空心的圆圈。",
                        "零：最小的自然数，表示没有"]
     assert rows[1] == ["一张数字一的照片。"]
+
+
+def test_a_zh_set_of_a_description_template_alone_is_valid(tmp_path):
+    from bench.validation import validate_prompt_set
+
+    ps = parse_prompt_set(write_yaml(tmp_path / "d.yaml", {"language": "zh", "templates": ["{{ description }}"]}))
+    assert [f for f in validate_prompt_set(ps) if f.level == ERROR] == []
+    plain = parse_prompt_set(write_yaml(tmp_path / "l.yaml", {"language": "zh", "templates": ["{{ label }}"]}))
+    assert any("no template contains Chinese" in f.message for f in validate_prompt_set(plain))  # as before
+
+
+def test_result_fingerprints_the_prompt_file(bench_cli, cache_dir, digits_root, tmp_path):
+    cupl = write_yaml(tmp_path / "c.yaml", cupl_of_plain())
+    result, _, _ = run(bench_cli, cache_dir, digits_root, tmp_path / "runs", "--prompts", cupl)
+    from bench.cache import file_sha256
+
+    assert result["prompt_texts"]["prompts_file"] == {"path": str(cupl), "sha256": file_sha256(cupl)}
+    assert result["experiment"]["prompts_sha"] == file_sha256(cupl)[:12]
