@@ -519,3 +519,27 @@ def test_result_fingerprints_the_prompt_file(bench_cli, cache_dir, digits_root, 
 
     assert result["prompt_texts"]["prompts_file"] == {"path": str(cupl), "sha256": file_sha256(cupl)}
     assert result["experiment"]["prompts_sha"] == file_sha256(cupl)[:12]
+
+
+def test_knowledge_study_elevater_arm(bench_cli, cache_dir, digits_root, tmp_path, monkeypatch):
+    import bench.knowledge
+
+    monkeypatch.setattr(bench.knowledge, "nltk_tokenize", lambda: simple_tokenize)
+    out, root = tmp_path / "runs", knowledge_dir(tmp_path)
+    code, _, err = bench_cli("study", "knowledge", "--model", "demo-en", "--dataset", "digits", "--data-root",
+                             digits_root, "--cache-dir", cache_dir, "--out", out, "--workers", "0", "--limit", LIMIT,
+                             "--no-progress", "--knowledge", root, "--knowledge-use", "def_wiki")
+    assert code == 0, err
+    study = json.loads((out / "demo-en" / "digits" / "study-knowledge.json").read_text(encoding="utf-8"))
+    arms = {a["arm"]: a for a in study["arms"]}
+    assert list(arms) == ["plain", "elevater"]  # no label fields, no CuPL: those arms are skipped, and said so
+    assert set(study["skipped"]) == {"definitions", "descriptions", "cupl"}
+    assert arms["elevater"]["classes_with_text"] == 3 and study["knowledge"]["use"] == ["def_wiki"]
+    # the arm scores what `bench run --knowledge` scores
+    code, _, err = bench_cli("run", "--model", "demo-en", "--dataset", "digits", "--data-root", digits_root,
+                             "--cache-dir", cache_dir, "--out", out, "--workers", "0", "--limit", LIMIT,
+                             "--no-progress", "--bootstrap", "0", "--knowledge", root, "--knowledge-use", "def_wiki")
+    assert code == 0, err
+    ran = json.loads(latest_result(out / "demo-en" / "digits", "zeroshot").read_text(encoding="utf-8"))
+    assert ran["metrics"]["primary"] == arms["elevater"]["primary"]
+    assert ran["prompt_texts"]["knowledge"]["files"] == study["knowledge"]["files"]
