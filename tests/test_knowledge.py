@@ -543,3 +543,23 @@ def test_knowledge_study_elevater_arm(bench_cli, cache_dir, digits_root, tmp_pat
     ran = json.loads(latest_result(out / "demo-en" / "digits", "zeroshot").read_text(encoding="utf-8"))
     assert ran["metrics"]["primary"] == arms["elevater"]["primary"]
     assert ran["prompt_texts"]["knowledge"]["files"] == study["knowledge"]["files"]
+
+
+def test_plain_sets_keep_the_grid_formula_bit_for_bit(cache_dir, tmp_path):
+    """The classifier of a plain template set is exactly the former [C, T, D] computation."""
+    import torch.nn.functional as F
+
+    from bench.features import text_embeddings
+    from bench.models import resolve_model
+    from bench.runner import Runner, RunOptions
+
+    runner = Runner(RunOptions(out=tmp_path / "out", cache_dir=cache_dir, progress=False))
+    backend = runner.backend(resolve_model("demo"))
+    ps = load_prompt_set("demo-zh")
+    labels = resolve_labels(None, spec(), "zh")
+    grid = ps.render("digits", list(labels.names))
+    old = text_embeddings(backend, [t for r in grid for t in r], None, progress=False).view(10, len(grid[0]), -1)
+    old_classes = F.normalize(F.normalize(old.float(), dim=-1).mean(dim=1), dim=-1)
+    new = runner.class_weights(backend, ps, "digits", labels)
+    assert isinstance(new, torch.Tensor) and torch.equal(new, old)
+    assert torch.equal(class_embeddings(new), old_classes)
