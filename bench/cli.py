@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from bench import __version__
-from bench.cli_common import add_encoding_args, encoding_options, split_multi
+from bench.cli_common import add_encoding_args, add_knowledge_args, encoding_options, knowledge_options, split_multi
 from bench.errors import BenchError
 from bench.paths import default_cache_dir, default_data_root
 
@@ -56,8 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--task", default="zeroshot", choices=["zeroshot", "linear-probe", "all"])
     _add_common_data(run)
     run.add_argument("--split", default="test")
-    run.add_argument("--prompts", default=None, help="prompt set name or YAML file (default: the model's language)")
+    run.add_argument("--prompts", default=None, help="prompt set name, YAML file, or CuPL file "
+                     "({class: [prompts]}, .json or .yaml); default: the model's language")
     run.add_argument("--labels", default=None, help="label variant name, label YAML file, or 'dataset'")
+    add_knowledge_args(run)
     run.add_argument("--language", choices=["en", "zh"], default=None,
                      help="evaluate in this language instead of the model's own")
     run.add_argument("--out", type=Path, default=Path("results/runs"), help="results folder (default: results/runs)")
@@ -138,7 +140,7 @@ def cmd_run(args) -> int:
         **encoding, save_predictions=args.save_predictions, save_logits=args.save_logits, limit=args.limit,
         skip_bad_images=args.skip_bad_images, probe_impl=args.probe_impl, probe_init=args.probe_init,
         shots=_shots(args), seeds=args.seeds, protocol=args.protocol, precision=args.precision,
-        bootstrap=_bootstrap(args),
+        bootstrap=_bootstrap(args), **knowledge_options(args),
         progress=sys.stderr.isatty() if args.progress is None else args.progress)
     results = run(split_multi(args.model), split_multi(args.dataset), opts, tasks)
     if not is_main_process():

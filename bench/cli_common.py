@@ -37,3 +37,30 @@ def split_multi(values: list[str]) -> list[str]:
         could_be_path = "/" in value or "\\" in value or Path(value).expanduser().exists()
         out.extend([value] if could_be_path else value.split())
     return out
+
+
+def add_knowledge_args(p: argparse.ArgumentParser) -> None:
+    """ELEVATER's knowledge-augmented prompts (bench.knowledge)."""
+    g = p.add_argument_group("ELEVATER knowledge (docs/knowledge.md)")
+    g.add_argument("--knowledge", type=Path, default=None, metavar="DIR",
+                   help="a clone of the ELEVATER toolkit (or its resources/knowledge folder): append its "
+                        "per-class knowledge to every prompt, by ELEVATER's rule")
+    g.add_argument("--knowledge-use", default="def_wiki,gpt3",
+                   help="comma-separated: one of def_wiki, def_wn, path_wn, and/or gpt3 (default: def_wiki,gpt3)")
+    g.add_argument("--gpt3-items", type=int, default=1, help="GPT-3 texts per class, 1 to 5 (ELEVATER's default 1)")
+    g.add_argument("--knowledge-aggregation", choices=["and", "then"], default="and",
+                   help="and: external text and GPT-3 texts (WIKI_AND_GPT3, default); then: GPT-3 only for classes "
+                        "without external text (WIKI_THEN_GPT3)")
+
+
+def knowledge_options(args) -> dict:
+    """RunOptions fields from add_knowledge_args' flags, checked (before any work)."""
+    from bench.knowledge import KnowledgeConfig, knowledge_root
+
+    use = tuple(u.strip() for u in args.knowledge_use.split(",") if u.strip())
+    cfg = KnowledgeConfig(args.knowledge or Path("."), use, args.gpt3_items, args.knowledge_aggregation)
+    if args.knowledge is not None:
+        cfg.check()
+        knowledge_root(args.knowledge)
+    return {"knowledge": args.knowledge, "knowledge_use": use, "gpt3_items": args.gpt3_items,
+            "knowledge_aggregation": args.knowledge_aggregation}

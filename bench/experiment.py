@@ -22,8 +22,10 @@ __all__ = ["DEFAULTS", "experiment", "logits_path", "non_default", "result_stem"
 # The value each identity field has in the default experiment (None: "whatever the model's default is").
 DEFAULTS: dict[str, Any] = {
     "split": "test", "language": None, "prompts": None, "labels": None, "limit": None,
-    "skip_bad_images": False, "protocol": "bench", "precision": "auto",
+    "skip_bad_images": False, "protocol": "bench", "precision": "auto", "knowledge": None,
 }
+# Content hashes in an identity: they make a result a different experiment but are not shown as settings.
+HASH_FIELDS = ("prompts_sha", "labels_sha", "class_prompts_sha", "knowledge_sha")
 # Settings that only exist for the linear probe; their defaults come from RunOptions.
 PROBE_FIELDS = ("shots", "seeds", "probe_init", "probe_impl", "val_fraction", "val_seed")
 _SAFE = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -58,6 +60,16 @@ def experiment(result: dict, opts: Any) -> dict:
         "protocol": result.get("protocol") or getattr(opts, "protocol", "bench"),
         "precision": getattr(opts, "precision", "auto"),
     }
+    # keys below are added only when used, so every other result keeps the identity (and id) it had
+    texts = result.get("prompt_texts") or {}
+    cp = texts.get("class_prompts") or {}
+    if cp.get("path") and cp["path"] != prompts_path:  # a CuPL file named by the prompt set: its own content
+        ident["class_prompts_sha"] = (cp.get("sha256") or "")[:12] or None
+    know = texts.get("knowledge")
+    if know:
+        ident["knowledge"] = know["label"]
+        ident["knowledge_sha"] = hashlib.sha256(json.dumps(
+            [know["dataset_id"], sorted((k, f["sha256"]) for k, f in know["files"].items())]).encode()).hexdigest()[:12]
     if result["task"] == "linear_probe":
         from bench.runner import RunOptions  # late: the runner imports this module
 
@@ -73,7 +85,7 @@ def non_default(ident: dict) -> dict[str, Any]:
     """The identity fields that differ from the default experiment (what the report shows beside a number)."""
     out = {}
     for k, v in ident.items():
-        if k in ("task", "id", "prompts_sha", "labels_sha") or k in PROBE_FIELDS:
+        if k in ("task", "id", *HASH_FIELDS) or k in PROBE_FIELDS:
             continue
         if v != DEFAULTS.get(k):
             out[k] = v
@@ -104,7 +116,7 @@ def result_stem(ident: dict) -> str:
         return ident["task"]
     parts = [f"{k}={_slug(v)}" for k, v in diff.items()]
     # a file's content is part of its identity: two files with one stem must not share a result
-    if ident.get("prompts_sha") or ident.get("labels_sha"):
+    if any(ident.get(k) for k in HASH_FIELDS):
         parts.append(ident["id"])
     stem = f"{ident['task']}@{','.join(parts)}"
     if len(stem) > MAX_STEM or not all(_SAFE.match(p.replace("=", "").replace(",", "")) for p in parts):

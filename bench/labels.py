@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.datasets.base import SplitData
@@ -23,6 +23,9 @@ class Labels:
     names: tuple[str, ...]
     source: str  # file the names came from
     variant: str | None = None  # named variant applied, if any
+    # per-class fields from the file's `classes:` ({"definition": str, "descriptions": (str, ...)}),
+    # one dict per class in index order; () when the file has none
+    fields: tuple[dict, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def description(self) -> str:
@@ -34,9 +37,10 @@ def parse_label_file(path: Path) -> tuple[tuple[str, ...], dict[str, dict[int, s
     data = load_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("labels"), list):
         raise BenchError(f"{path}: a label file is a mapping with a 'labels' list")
-    extra = set(data) - {"labels", "variants"}
+    extra = set(data) - {"labels", "variants", "classes"}
     if extra:
-        raise BenchError(f"{path}: unknown key(s) {', '.join(sorted(map(str, extra)))}; allowed: labels, variants")
+        raise BenchError(f"{path}: unknown key(s) {', '.join(sorted(map(str, extra)))}; "
+                         "allowed: labels, variants, classes")
     labels = data["labels"]
     bad = [i for i, x in enumerate(labels) if not isinstance(x, (str, int, float)) or not str(x).strip()]
     if bad:
@@ -54,6 +58,73 @@ def parse_label_file(path: Path) -> tuple[tuple[str, ...], dict[str, dict[int, s
                              f"but the file has {len(labels)} labels")
         variants[str(vname)] = {k: str(v) for k, v in mapping.items()}
     return tuple(str(x).strip() for x in labels), variants
+
+
+# Per-class fields a label file may give under `classes:`, and the type of each (the template variable
+# each fills is in bench.prompts.FIELD_VARIABLES).
+CLASS_FIELDS = {"definition": str, "descriptions": list}
+
+
+def parse_label_fields(path: Path, names: tuple[str, ...] | None = None) -> tuple[dict, ...]:
+    """The per-class fields of a label file, one dict per class (empty for a class not listed).
+
+    ``classes:`` maps a class, by its name in ``labels:`` or by its index, to ``definition:`` (text)
+    and ``descriptions:`` (a list of texts). Keys that name no class and unknown fields are errors.
+    """
+    data = load_yaml(path)
+    if names is None:
+        names = parse_label_file(path)[0]
+    raw = data.get("classes") if isinstance(data, dict) else None
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise BenchError(f"{path}: classes must map a class name (or index) to its fields "
+                         f"({', '.join(CLASS_FIELDS)})")
+    index = {n: i for i, n in enumerate(names)}
+    out: list[dict] = [{} for _ in names]
+    for key, entry in raw.items():
+        if isinstance(key, int) and not isinstance(key, bool):
+            if not 0 <= key < len(names):
+                raise BenchError(f"{path}: classes names class {key}, but the file has {len(names)} labels")
+            i = key
+        elif str(key).strip() in index:
+            i = index[str(key).strip()]
+        else:
+            raise unknown(f"class in {path} (under classes:)", str(key), list(names),
+                          hint="key each entry by a name from `labels:` or by its class index")
+        if out[i]:
+            raise BenchError(f"{path}: class {i} {names[i]!r} has two entries under classes:; keep one")
+        if not isinstance(entry, dict):
+            raise BenchError(f"{path}: classes.{key} must be a mapping of fields ({', '.join(CLASS_FIELDS)})")
+        bad = set(map(str, entry)) - set(CLASS_FIELDS)
+        if bad:
+            raise BenchError(f"{path}: classes.{key}: unknown field(s) {', '.join(sorted(bad))}; "
+                             f"allowed: {', '.join(CLASS_FIELDS)}")
+        fields: dict = {}
+        for name, kind in CLASS_FIELDS.items():
+            if name not in entry or entry[name] is None:
+                continue
+            value = entry[name]
+            if kind is list:
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise BenchError(f"{path}: classes.{key}.{name} must be a list of texts")
+                fields[name] = tuple(value)
+            else:
+                if not isinstance(value, str):
+                    raise BenchError(f"{path}: classes.{key}.{name} must be text, got {value!r}")
+                fields[name] = value
+        out[i] = fields
+    return tuple(out)
+
+
+def check_fields(fields: tuple[dict, ...], names: tuple[str, ...], source: str) -> None:
+    """Empty texts are refused at run time (lint lists all of them): an empty description would be a
+    prompt of the template alone, counted in the class's mean."""
+    for i, f in enumerate(fields):
+        if "definition" in f and not f["definition"].strip():
+            raise BenchError(f"{source}: class {i} {names[i]!r} has an empty definition; write one or remove the key")
+        if any(not d.strip() for d in f.get("descriptions", ())):
+            raise BenchError(f"{source}: class {i} {names[i]!r} has an empty description; remove it")
 
 
 def display_path(path: Path) -> str:
@@ -164,9 +235,12 @@ def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: Spli
                         str(Path(data.root).parent / {"en": "label.txt", "zh": "label_cn.txt"}[language]))
         check_language(names, language, labels.source)
     elif arg is not None and is_path_arg(arg):
-        names, _ = parse_label_file(Path(arg))
-        names = match_folder_names(names, data, str(arg))
-        labels = Labels(names, str(arg))
+        original, _ = parse_label_file(Path(arg))
+        fields = parse_label_fields(Path(arg), original)
+        names = match_folder_names(original, data, str(arg))
+        if fields and names != original:  # reordered to the class folders: the fields follow their names
+            fields = tuple(fields[original.index(n)] for n in names)
+        labels = Labels(names, str(arg), fields=fields)
         check_language(names, language, labels.source)
     else:
         path = label_file(language, spec.name)
@@ -187,7 +261,9 @@ def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: Spli
             if variant not in variants:
                 raise unknown("label variant", arg, list(variants) + ["dataset"], hint=f"variants are defined in {path}")
             names = tuple(variants[variant].get(i, n) for i, n in enumerate(names))
-        labels = Labels(names, display_path(path), variant)
+        # a variant renames classes; their fields stay with the class index
+        labels = Labels(names, display_path(path), variant, fields=parse_label_fields(path))
     check_count(labels.names, spec, labels.description)
     check_distinct(labels.names, labels.description, duplicates)
+    check_fields(labels.fields, labels.names, labels.description)
     return labels

@@ -28,13 +28,14 @@ from bench.datasets.sources import DatasetRef
 from bench.errors import BenchError
 from bench.experiment import experiment, logits_path, result_stem, update_index
 from bench.features import ImageFeatures, image_features, text_embeddings
+from bench.knowledge import KnowledgeConfig, load_knowledge
 from bench.labels import Labels, resolve_labels
 from bench.metrics import compute_metrics
 from bench.models import ModelSpec, resolve_model
-from bench.prompts import PromptSet, load_prompt_set
+from bench.prompts import ClassTexts, PromptSet, load_prompt_set
 from bench.protocol_prompts import package_prompt_set
 from bench.validation import require_valid
-from bench.zeroshot import LOGIT_SCALE, class_embeddings, normalize, protocol_scores, scores
+from bench.zeroshot import LOGIT_SCALE, PerPrompt, class_embeddings, n_prompts, normalize, protocol_scores, scores
 
 log = logging.getLogger(__name__)
 # Sources that can be generated locally without network, by name.
@@ -62,6 +63,12 @@ class RunOptions:
     precision: str = "auto"  # auto (the protocol's, else fp32 on CPU / bf16|fp16 autocast on GPU) | fp32 | bf16 | fp16
     compile: str = "auto"  # torch.compile the image tower: auto (when it pays off) | on | off
     bootstrap: int = 1000  # bootstrap resamples for the zero-shot metrics' 95% CIs (bench.stats); 0: none
+    # ELEVATER knowledge (bench.knowledge): a clone of their knowledge folder, the fields used, GPT-3 texts per
+    # class and how they combine with the external field; None: no knowledge
+    knowledge: Path | None = None
+    knowledge_use: tuple[str, ...] = ("def_wiki", "gpt3")
+    gpt3_items: int = 1
+    knowledge_aggregation: str = "and"
     shard_size: int | None = None  # images per cache shard (None: $BENCH_SHARD_SIZE, else 2048); torchrun's unit of work
     # linear probe / few-shot
     probe_impl: str = "auto"  # auto | torch | sklearn
@@ -265,13 +272,35 @@ class Runner:
         return image_features(backend, data, self.features, batch_size=o.batch_size, workers=o.workers,
                               skip_bad_images=o.skip_bad_images, progress=o.progress, compile=o.compile)
 
-    def class_weights(self, backend: Backend, ps: PromptSet, dataset: str, labels: Labels) -> torch.Tensor:
-        """[C, T, D] prompt embeddings for every label × template (cached per model × prompts × labels)."""
-        grid = ps.render(dataset, list(labels.names))
-        normalise = protocols.text_normaliser(self.protocol)
-        flat = [normalise(t) if normalise else t for row in grid for t in row]
+    def class_texts(self, ps: PromptSet, dataset: str, labels: Labels) -> tuple[ClassTexts, dict]:
+        """Every class's prompts (templates × label and per-class fields, CuPL lists, ELEVATER knowledge)
+        and a record of what made them, for the result."""
+        texts = ps.class_texts(dataset, labels)
+        record = text_record(ps, labels, texts)
+        if self.opts.knowledge is not None:
+            know = load_knowledge(self.knowledge_config(), elevater_id(dataset))
+            rows, record["knowledge"] = know.augment(texts.rows, labels.names)
+            texts = ClassTexts(rows, texts.skipped)
+            record["n_prompts"] = n_prompts(rows)
+        return texts, record
+
+    def knowledge_config(self) -> KnowledgeConfig:
+        o = self.opts
+        return KnowledgeConfig(Path(o.knowledge), tuple(o.knowledge_use), o.gpt3_items, o.knowledge_aggregation)
+
+    def class_weights(self, backend: Backend, ps: PromptSet, dataset: str, labels: Labels) -> PerPrompt:
+        """[C, T, D] prompt embeddings for every label × template (cached per model × prompts × labels);
+        a list of per-class [T_c, D] tensors when classes have different numbers of prompts."""
+        return self.row_weights(backend, self.class_texts(ps, dataset, labels)[0].rows)
+
+    def row_weights(self, backend: Backend, rows: list[list[str]]) -> PerPrompt:
+        """Prompt embeddings of every class's own prompts (text cache): [C, T, D] when all classes have T."""
+        normalise = protocols.text_normaliser(self.protocol)  # the protocol's, e.g. cn_clip's lower-casing
+        flat = [normalise(t) if normalise else t for row in rows for t in row]
         emb = text_embeddings(backend, flat, self.texts, progress=self.opts.progress)
-        return emb.view(len(grid), len(grid[0]), -1)
+        if len({len(r) for r in rows}) == 1:
+            return emb.view(len(rows), len(rows[0]), -1)
+        return list(torch.split(emb, [len(r) for r in rows]))
 
     def zeroshot(self, spec: ModelSpec, ref: DatasetRef) -> dict | None:
         opts = self.opts
@@ -312,7 +341,8 @@ class Runner:
             "label_variant": labels.variant,
             "n_samples": int(feats.indices.numel()),
             "n_classes": ref.spec.num_classes,
-            "n_templates": per_prompt.shape[1],
+            "n_templates": len(ps.templates_for(ref.spec.name)),
+            "prompt_texts": self.class_texts(ps, ref.spec.name, labels)[1],
             "metric": ref.spec.metric,
             "metrics": metrics,
             "metrics_implementation": metrics_impl,
@@ -466,6 +496,34 @@ class Runner:
                          [data.paths[i] for i in indices.tolist()])
         atomic_write_json(folder / f"{stem}.json", result)
         update_index(folder, f"{stem}.json", ident)
+
+
+def elevater_id(dataset: str) -> str:
+    """The dataset's id in ELEVATER's files (its registry `elevater_id`), else its own name."""
+    from bench.datasets.registry import find_dataset
+
+    spec = find_dataset(dataset)
+    return (spec.elevater_id or spec.name) if spec is not None else dataset
+
+
+def text_record(ps: PromptSet, labels: Labels, texts: ClassTexts) -> dict:
+    """What a result records about its class texts beyond the prompt set's name: prompts per class,
+    the per-class fields and CuPL file used, and classes that fell back (``missing_fields: skip``)."""
+    from bench.cache import file_sha256
+    from bench.prompts import template_fields
+
+    used = sorted({f for t in ps.templates for f in template_fields(t)}
+                  | {f for g in ps.per_dataset.values() for t in g for f in template_fields(t)})
+    cp = None
+    if ps.class_prompts:
+        p = Path(ps.class_prompts_path)
+        cp = {"path": ps.class_prompts_path, "sha256": file_sha256(p) if p.is_file() else None,
+              "n_classes": len(ps.class_prompts)}
+    src = Path(ps.path) if ps.path else None
+    return {"prompts_file": {"path": ps.path, "sha256": file_sha256(src)} if src and src.is_file() else None,
+            "n_prompts": n_prompts(texts.rows), "fields": used,
+            "class_prompts": cp, "missing_fields": ps.missing_fields,
+            "classes_missing_fields": {labels.names[c]: srcs for c, srcs in texts.skipped.items()}}
 
 
 def write_logits(path: Path, scores: np.ndarray, targets: np.ndarray, paths: list) -> None:

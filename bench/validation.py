@@ -29,6 +29,9 @@ LATIN_RE = re.compile(r"[A-Za-z]")
 # Rendered in place of the label when a template is inspected on its own: a private-use
 # character survives punctuation stripping and contains neither Han nor Latin letters.
 SENTINEL = "\ue000"
+# The same for the per-class field variables (distinct, so "{{ label }}: {{ description }}" and
+# "{{ label }}: {{ definition }}" are not taken for duplicates).
+FIELD_SENTINELS = {"description": "\ue001", "definition": "\ue002"}
 # A per_dataset key this close to a registered dataset name is taken for a typo of it (an error);
 # a key unlike every registered name may be the user's own folder dataset (a warning).
 TYPO_CUTOFF = 0.75
@@ -66,6 +69,19 @@ def normalize_text(text: str) -> str:
     return "".join(ch for ch in text if not (ch.isspace() or unicodedata.category(ch)[0] in "PZ"))
 
 
+def render_sample(t: Template, label: str = SENTINEL) -> str:
+    """A template rendered without a class: `label` for the label, a sentinel for each field it uses."""
+    from bench.prompts import sample_fields, template_fields
+
+    return t.compiled.render(label=label, **sample_fields(template_fields(t.source), FIELD_SENTINELS))
+
+
+def strip_sentinels(text: str) -> str:
+    for s in (SENTINEL, *FIELD_SENTINELS.values()):
+        text = text.replace(s, "")
+    return text
+
+
 def has_han(text: str) -> bool:
     return bool(HAN_RE.search(text))
 
@@ -76,7 +92,7 @@ def duplicate_findings(templates: list[Template], path: str, allow_duplicates: b
     exact: dict[str, Template] = {}
     near: dict[str, Template] = {}
     for t in templates:
-        rendered = t.compiled.render(label=SENTINEL)
+        rendered = render_sample(t)
         if rendered in exact:
             level = WARNING if allow_duplicates else ERROR
             findings.append(Finding(path, t.line, level, f"duplicate template {t.source!r} (same text as line "
@@ -95,7 +111,7 @@ def duplicate_findings(templates: list[Template], path: str, allow_duplicates: b
 def language_findings(templates: list[Template], language: str, path: str, set_line: int) -> list[Finding]:
     """Chinese in an en set; English-only templates, or no Chinese at all, in a zh set."""
     findings = []
-    own_text = {id(t): t.compiled.render(label=SENTINEL).replace(SENTINEL, "") for t in templates}
+    own_text = {id(t): strip_sentinels(render_sample(t)) for t in templates}
     for t in templates:
         text = own_text[id(t)]
         if language == "en" and has_han(text):
@@ -103,7 +119,11 @@ def language_findings(templates: list[Template], language: str, path: str, set_l
         elif language == "zh" and LATIN_RE.search(text) and not has_han(text):
             findings.append(Finding(path, t.line, ERROR, f"template looks English (no Chinese characters) "
                                     f"in a Chinese (zh) set: {t.source!r}"))
-    if language == "zh" and templates and not any(has_han(own_text[id(t)]) for t in templates):
+    # a template of fields alone ("{{ description }}") has no text of its own to be in either language
+    from bench.prompts import template_fields
+
+    worded = [t for t in templates if own_text[id(t)].strip() or not template_fields(t.source)]
+    if language == "zh" and worded and not any(has_han(own_text[id(t)]) for t in worded):
         findings.append(Finding(path, set_line, ERROR, "language is zh but no template contains Chinese "
                                 "characters; set `language: en` or translate the templates"))
     return findings

@@ -16,8 +16,10 @@ PROMPTS_EPILOG = """examples:
   bench prompts eval prompts/my-zh.yaml --model demo --dataset digits --baseline demo-zh
 """
 LABELS_EPILOG = """examples:
+  bench labels new digits --language zh --out my-labels/
   bench labels lint label_translations/zh/kitti-distance.yaml
   bench labels lint --dataset cifar-100 --language zh --model vit-b16
+  bench labels lint my-labels/digits.yaml --model demo --prompts my-descriptions.yaml
 """
 
 
@@ -61,8 +63,15 @@ def register_cli(sub) -> None:
     _add_device(ev, "auto")
     ev.set_defaults(func=cmd_prompts_eval)
 
-    labels = sub.add_parser("labels", help="label translation files: lint", epilog=LABELS_EPILOG, formatter_class=raw)
+    labels = sub.add_parser("labels", help="label translation files: new, lint", epilog=LABELS_EPILOG,
+                            formatter_class=raw)
     lsub = labels.add_subparsers(dest="action", required=True)
+    ln = lsub.add_parser("new", help="scaffold a label file with per-class definition/descriptions stubs",
+                         epilog=LABELS_EPILOG, formatter_class=raw)
+    ln.add_argument("dataset", help="dataset name (its shipped labels, or the registry's English names, are copied)")
+    ln.add_argument("--language", required=True, choices=["en", "zh"])
+    ln.add_argument("--out", type=Path, default=Path("."), help="folder to write DATASET.yaml into (default: .)")
+    ln.set_defaults(func=cmd_labels_new)
     ll = lsub.add_parser("lint", help="check a label file (exit 1 on errors)", epilog=LABELS_EPILOG,
                          formatter_class=raw)
     ll.add_argument("file", nargs="?", type=Path, default=None, help="label YAML file")
@@ -71,6 +80,8 @@ def register_cli(sub) -> None:
     ll.add_argument("--language", choices=["en", "zh"], default=None,
                     help="language of the file (default: its folder name); needed with --dataset alone")
     ll.add_argument("--model", default=None, help="also check names with this model's tokenizer ([UNK], length)")
+    ll.add_argument("--prompts", default=None, help="with --model: check per-class fields rendered in this set's "
+                    "templates that use them (context length)")
     _add_device(ll)
     ll.set_defaults(func=cmd_labels_lint)
 
@@ -154,7 +165,22 @@ def cmd_labels_lint(args) -> int:
             raise BenchError(f"no {args.language} labels for {args.dataset}: {path} does not exist")
     elif args.dataset is not None:
         get_dataset(args.dataset)  # a typo is an error with suggestions, not a silent skip
-    return _report(lint_label_file(path, args.dataset, _checker(args), args.language))
+    ps = None
+    if args.prompts is not None:
+        from bench.prompts import load_prompt_set
+
+        ps = load_prompt_set(args.prompts)
+    return _report(lint_label_file(path, args.dataset, _checker(args), args.language, ps))
+
+
+def cmd_labels_new(args) -> int:
+    from bench.authoring.scaffold import new_label_file
+
+    path = new_label_file(args.dataset, args.language, args.out)
+    print(f"wrote {path}")
+    print(f"next: fill in definitions/descriptions, then `bench labels lint {path}` and "
+          f"`bench study knowledge --model MODEL --dataset {args.dataset} --labels {path}`")
+    return 0
 
 
 def cmd_prompts_eval(args) -> int:

@@ -17,7 +17,7 @@ from bench.errors import BenchError
 from bench.labels import Labels, resolve_labels
 from bench.metrics import compute_metrics
 from bench.models import resolve_model
-from bench.prompts import PromptSet, load_prompt_set
+from bench.prompts import PromptSet, load_prompt_set, template_fields
 from bench.runner import Runner, RunOptions, load_data, resolve_datasets, target_array
 from bench.validation import require_valid
 from bench.zeroshot import class_embeddings, scores
@@ -42,6 +42,12 @@ def evaluate_prompt_set(model: str, dataset: str, prompts: str, opts: RunOptions
     for s in (ps, base):
         s.templates_for(ref.spec.name)  # fail on a missing per-dataset list before encoding anything
         require_valid(s, datasets=(ref.spec.name,))  # what lint calls an error is never evaluated
+    sources = ps.templates_for(ref.spec.name)
+    if not sources or ps.class_prompts or any(template_fields(t) for t in sources):
+        # template i is column i only for plain templates rendered once per class
+        raise BenchError(f"prompt set '{ps.name}' ({ps.path}) has per-class prompts (CuPL lists or label-file "
+                         "fields), which `bench prompts eval` cannot score template by template; use "
+                         "`bench run --prompts` for its score, or `bench study knowledge` to compare it with plain templates")
     t0 = time.perf_counter()
     runner = Runner(opts)
     data = load_data(ref, opts.split, opts.limit)

@@ -17,9 +17,18 @@ import yaml
 
 from bench.backends.base import TextCheck
 from bench.errors import BenchError
-from bench.prompts import ALLOWED_KEYS, environment, infer_language, template_lines
+from bench.prompts import (
+    ALLOWED_KEYS,
+    environment,
+    infer_language,
+    sample_fields,
+    template_fields,
+    template_lines,
+    variable_problem,
+)
 from bench.validation import (  # noqa: F401 - Finding, normalize_text, has_han: this module's API too
     ERROR,
+    FIELD_SENTINELS,
     LATIN_RE,
     SENTINEL,
     WARNING,
@@ -91,18 +100,12 @@ def _compile(source, path: str, line: int) -> tuple[jinja2.Template | None, list
     except jinja2.TemplateSyntaxError as exc:
         return None, [Finding(path, line + max(0, (exc.lineno or 1) - 1), ERROR,
                               f"jinja2 syntax error: {exc.message}: {source!r}")]
-    names = jinja2.meta.find_undeclared_variables(ast)
-    findings = []
-    if "label" not in names:
-        findings.append(Finding(path, line, ERROR, f"template has no {{{{ label }}}}: {source!r}"))
-    if names - {"label"}:
-        findings.append(Finding(path, line, ERROR, f"undefined variable(s) {', '.join(sorted(names - {'label'}))} "
-                                f"(only {{{{ label }}}} is available): {source!r}"))
-    if findings:
-        return None, findings
+    problem = variable_problem(jinja2.meta.find_undeclared_variables(ast), source)
+    if problem:
+        return None, [Finding(path, line, ERROR, problem)]
     template = env.from_string(source)
     try:
-        template.render(label=SENTINEL)
+        template.render(label=SENTINEL, **sample_fields(template_fields(source), FIELD_SENTINELS))
     except jinja2.TemplateError as exc:  # includes the sandbox's SecurityError
         return None, [Finding(path, line, ERROR, f"cannot render: {exc}: {source!r}")]
     return template, []
@@ -158,7 +161,8 @@ def _tokenizer_findings(t: Template, language: str, label_sets: list[tuple[str, 
     """[UNK] in the template's own text, and prompts cut at the context length (with every label)."""
     findings = []
     sample = SAMPLE_LABEL[language]
-    base = checker.check_text(t.compiled.render(label=sample))
+    fields = sample_fields(template_fields(t.source))
+    base = checker.check_text(t.compiled.render(label=sample, **fields))
     sample_check = checker.check_text(sample)
     if len(base.unknown) > len(sample_check.unknown):  # the sample label's own [UNK] is not the template's
         findings.append(Finding(path, t.line, ERROR, f"[UNK] tokens {list(base.unknown)} in {t.source!r}; "
@@ -171,7 +175,7 @@ def _tokenizer_findings(t: Template, language: str, label_sets: list[tuple[str, 
             estimate = base.n_tokens - sample_n + checker.check_text(name).n_tokens
             if estimate <= base.context_length - TRUNCATION_MARGIN:
                 continue
-            text = t.compiled.render(label=name)
+            text = t.compiled.render(label=name, **fields)
             check = checker.check_text(text)
             if check.truncated:
                 truncated.append((text, check))
@@ -206,9 +210,22 @@ def lint_prompt_file(path: Path, checker: TextChecker | None = None, datasets: t
     data, text, findings = _read_yaml(path)
     if findings:
         return findings
+    from bench.classprompts import is_class_prompt_mapping
+
+    if is_class_prompt_mapping(path, data):
+        return lint_class_prompt_file(path, data, text, checker)
     if not isinstance(data, dict):
         return [Finding(p, 1, ERROR, "a prompt set is a mapping with name, language and templates")]
     keys = _key_lines(text)
+    if data.get("class_prompts") is not None:
+        from bench.classprompts import load_class_prompts
+
+        try:
+            if not isinstance(data["class_prompts"], str):
+                raise BenchError("class_prompts must name a CuPL file, relative to this file")
+            load_class_prompts(path.parent / data["class_prompts"])
+        except BenchError as exc:
+            findings.append(Finding(p, keys.get("class_prompts", 1), ERROR, str(exc)))
     extra = set(map(str, data)) - ALLOWED_KEYS
     findings += [Finding(p, keys.get(k, 1), ERROR, f"unknown key '{k}'; allowed: {', '.join(sorted(ALLOWED_KEYS))}")
                  for k in sorted(extra)]
@@ -264,6 +281,47 @@ def lint_prompt_file(path: Path, checker: TextChecker | None = None, datasets: t
     return sort_findings(findings)
 
 
+def lint_class_prompt_file(path: Path, data: object, text: str, checker: TextChecker | None = None) -> list[Finding]:
+    """A CuPL file ({class name: [prompts]}): types, empty or repeated prompts, one language throughout,
+    and with a `checker` [UNK] tokens and prompts over the context length. Class names are matched to a
+    dataset's labels when it runs."""
+    from bench.classprompts import check_class_prompts
+
+    p = str(path)
+    try:
+        prompts = check_class_prompts(path, data)
+    except BenchError as exc:
+        msg = str(exc)
+        return [Finding(p, 1, ERROR, msg[len(p) + 2:] if msg.startswith(p + ": ") else msg)]
+    lines = _key_lines(text) if path.suffix.lower() != ".json" else {}
+    all_prompts = [x for ps in prompts.values() for x in ps]
+    zh = sum(has_han(x) for x in all_prompts) * 2 > len(all_prompts)
+    findings = []
+    for name, items in prompts.items():
+        line = lines.get(name, 1)
+        seen: set[str] = set()
+        for x in items:
+            key = normalize_text(x)
+            if key in seen:
+                findings.append(Finding(p, line, ERROR, f"class {name!r}: prompt {x!r} is repeated; it would count twice"))
+            seen.add(key)
+            if zh and LATIN_RE.search(x) and not has_han(x):
+                findings.append(Finding(p, line, WARNING, f"class {name!r}: prompt {x!r} has no Chinese characters "
+                                        "in a mostly Chinese file"))
+            if not zh and has_han(x):
+                findings.append(Finding(p, line, WARNING, f"class {name!r}: prompt {x!r} has Chinese characters "
+                                        "in a mostly English file"))
+            if checker is not None:
+                check = checker.check_text(x)
+                if check.unknown:
+                    findings.append(Finding(p, line, ERROR, f"class {name!r}: [UNK] tokens {list(check.unknown)[:5]} "
+                                            f"in {x!r}"))
+                if check.truncated:
+                    findings.append(Finding(p, line, ERROR, f"class {name!r}: {x!r} is {check.n_tokens} tokens, over "
+                                            f"the context length {check.context_length}"))
+    return sort_findings(findings)
+
+
 # -- label files ---------------------------------------------------------------------------------
 
 def _label_lines(text: str) -> tuple[list[int], dict[str, dict[int, int]], dict[str, int]]:
@@ -304,7 +362,7 @@ def _name_duplicates(names: tuple[str, ...], lines: list[int], path: str, where:
 
 
 def lint_label_file(path: Path, dataset: str | None = None, checker: TextChecker | None = None,
-                    language: str | None = None) -> list[Finding]:
+                    language: str | None = None, prompts=None) -> list[Finding]:
     """Every problem in a label file: class count vs the registry, duplicates (per variant too),
     Chinese in an English file (Latin in a Chinese file is normal: model numbers, codes), and with a
     `checker` names the tokenizer maps to [UNK] or truncates."""
@@ -360,4 +418,111 @@ def lint_label_file(path: Path, dataset: str | None = None, checker: TextChecker
             if check.truncated:
                 findings.append(Finding(p, line, level, f"{who} is {check.n_tokens} tokens, over the "
                                         f"context length {check.context_length}"))
+    findings += field_findings(path, text, names, language, checker, prompts)
     return sort_findings(findings)
+
+
+# -- per-class fields (label files' `classes:`) ----------------------------------------------------
+
+def _field_lines(text: str) -> dict[object, dict]:
+    """Under `classes:`, per class key: {"line": key line, "definition": line, "descriptions": [item lines]}."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    out: dict[object, dict] = {}
+    if not isinstance(root, yaml.MappingNode):
+        return out
+    for key, value in root.value:
+        if key.value != "classes" or not isinstance(value, yaml.MappingNode):
+            continue
+        for ck, entry in value.value:
+            k = int(ck.value) if ck.tag.endswith(":int") else str(ck.value)
+            rec: dict = {"line": ck.start_mark.line + 1}
+            if isinstance(entry, yaml.MappingNode):
+                for fk, fv in entry.value:
+                    rec[fk.value] = ([n.start_mark.line + 1 for n in fv.value] if isinstance(fv, yaml.SequenceNode)
+                                     else fk.start_mark.line + 1)
+            out[k] = rec
+    return out
+
+
+def field_findings(path: Path, text: str, names: tuple[str, ...], language: str | None,
+                   checker: TextChecker | None = None, prompts=None) -> list[Finding]:
+    """Problems in a label file's per-class fields: classes without them (when others have them), empty
+    or duplicated texts, texts in the wrong language, and with a `checker` [UNK] tokens and prompts cut
+    at the context length (rendered with `prompts`' templates that use the field, else the text alone)."""
+    from bench.labels import parse_label_fields
+    from bench.prompts import FIELD_VARIABLES, render_class, template_fields
+
+    p = str(path)
+    try:
+        fields = parse_label_fields(path, names)
+    except BenchError as exc:
+        msg = str(exc)
+        return [Finding(p, 1, ERROR, msg[len(p) + 2:] if msg.startswith(p + ": ") else msg)]
+    if not fields:
+        return []
+    lines = _field_lines(text)
+    by_index = {(k if isinstance(k, int) else names.index(k) if k in names else -1): v for k, v in lines.items()}
+    findings: list[Finding] = []
+    for fld in ("definition", "descriptions"):
+        lacking = [n for n, f in zip(names, fields) if not f.get(fld)]
+        if lacking and len(lacking) < len(names):
+            findings.append(Finding(p, _key_lines(text).get("classes", 1), WARNING,
+                                    f"{len(lacking)} of {len(names)} classes have no {fld}: "
+                                    f"{', '.join(map(repr, lacking[:8]))}{' …' if len(lacking) > 8 else ''}; "
+                                    "a template using it fails for them (or skips them with `missing_fields: skip`)"))
+    seen: dict[str, tuple[int, str]] = {}
+    memo = MemoChecker(checker) if checker is not None else None
+    templates = []
+    if prompts is not None:
+        group = prompts.templates or next(iter(prompts.per_dataset.values()), ())
+        templates = [(src, environment().from_string(src)) for src in group if template_fields(src)]
+    for i, name in enumerate(names):
+        rec = by_index.get(i, {})
+        key_line = rec.get("line", 1)
+        f = fields[i]
+        items: list[tuple[str, str, int]] = []
+        if "definition" in f:
+            items.append(("definition", f["definition"], rec.get("definition", key_line)))
+        desc_lines = rec.get("descriptions") if isinstance(rec.get("descriptions"), list) else []
+        for j, d in enumerate(f.get("descriptions", ())):
+            items.append(("description", d, desc_lines[j] if j < len(desc_lines) else key_line))
+        if "descriptions" in f and not f["descriptions"]:
+            findings.append(Finding(p, rec.get("line", key_line), WARNING, f"class {i} {name!r}: descriptions is empty"))
+        own: set[str] = set()
+        for kind, value, line in items:
+            who = f"class {i} {name!r}: {kind} {value!r}"
+            if not value.strip():
+                findings.append(Finding(p, line, ERROR, f"class {i} {name!r}: empty {kind}"))
+                continue
+            key = normalize_text(value)
+            if key in own:
+                findings.append(Finding(p, line, ERROR, f"{who} is repeated for this class; it would count twice"))
+            elif key in seen and seen[key][0] != i:
+                findings.append(Finding(p, line, WARNING, f"{who} is also given for class {seen[key][0]} "
+                                        f"{names[seen[key][0]]!r}: it does not tell the two apart"))
+            own.add(key)
+            seen.setdefault(key, (i, kind))
+            if language == "zh" and LATIN_RE.search(value) and not has_han(value):
+                findings.append(Finding(p, line, ERROR, f"{who} has no Chinese characters in a Chinese (zh) file"))
+            if language == "en" and has_han(value):
+                findings.append(Finding(p, line, ERROR, f"{who}: Chinese characters in an English (en) file"))
+            if memo is None:
+                continue
+            check = memo.check_text(value)
+            if check.unknown:
+                findings.append(Finding(p, line, ERROR, f"{who} has [UNK] tokens {list(check.unknown)[:5]}; the "
+                                        "model cannot see those characters"))
+            usable = [(src, t) for src, t in templates if kind in template_fields(src)
+                      and all(f.get(FIELD_VARIABLES[v]) for v in template_fields(src))]
+            sub = {**f, "descriptions": (value,)} if kind == "description" else f
+            rendered = [r for src, t in usable for r in render_class(t, src, name, sub, template_fields(src), p)]
+            rendered = rendered or [value]
+            worst = max((memo.check_text(r) for r in rendered), key=lambda c: c.n_tokens, default=None)
+            if worst is not None and worst.truncated:
+                how = "once rendered with the prompt set's templates" if usable else "on its own"
+                findings.append(Finding(p, line, ERROR, f"{who} is {worst.n_tokens} tokens {how}, over the "
+                                        f"context length {worst.context_length}: the end is cut off"))
+    return findings

@@ -88,3 +88,60 @@ def new_prompt_set(name: str, language: str, out_dir: Path, source_set: str | No
         path.unlink()
         raise
     return path
+
+
+LABELS_HEADER = """\
+# Labels for `{dataset}` ({language}) — scaffolded by `bench labels new` from {source}.
+#
+# labels:   one class name per class, in class-index order (the dataset's own order).
+# classes:  per-class text that templates can use beside {{{{ label }}}} (docs/knowledge.md):
+#   definition:   one sentence saying what the class is      → {{{{ definition }}}} in a template
+#   descriptions: short visual descriptions, one per item     → {{{{ description }}}}: the template is
+#                 rendered once per description and all of a class's prompts are averaged
+# Leave a field null / [] for a class you have nothing for; a template that needs it then fails for
+# that class, or is left out for it when the prompt set says `missing_fields: skip`.
+# Next steps:
+#   bench labels lint {file} --model MODEL --prompts SET   # empty, duplicated, wrong language, [UNK], too long
+#   bench study knowledge --model MODEL --dataset {dataset} --labels {file}
+"""
+
+
+def label_scaffold_text(dataset: str, language: str, file: str) -> str:
+    """A label file for `dataset` in `language` with an empty `classes:` entry for every class."""
+    from bench.datasets.registry import get_dataset
+    from bench.labels import label_file, parse_label_file
+
+    spec = get_dataset(dataset)
+    shipped = label_file(language, spec.name)
+    if shipped.is_file():
+        names, source = parse_label_file(shipped)[0], str(shipped.relative_to(shipped.parents[2]))
+    elif language == "en" and spec.classes:
+        names, source = tuple(spec.classes), f"the registry's class names of {spec.name}"
+    else:
+        raise BenchError(f"no {language} labels for {spec.name} to start from; write label_translations/"
+                         f"{language}/{spec.name}.yaml first (one name per class)")
+    lines = [LABELS_HEADER.format(dataset=spec.name, language=language, source=source, file=file).rstrip("\n"),
+             "labels: [" + ", ".join(_yaml_str(n) for n in names) + "]", "classes:"]
+    for n in names:
+        lines += [f"  {_yaml_str(n)}:", "    definition: null", "    descriptions: []"]
+    return "\n".join(lines) + "\n"
+
+
+def new_label_file(dataset: str, language: str, out_dir: Path) -> Path:
+    """Write `<out_dir>/<dataset>.yaml` with per-class field stubs; never overwrites an existing file."""
+    from bench.datasets.registry import get_dataset
+    from bench.labels import parse_label_fields, parse_label_file
+
+    if language not in STARTERS:
+        raise BenchError(f"language must be one of {', '.join(STARTERS)}, got '{language}'")
+    path = Path(out_dir) / f"{get_dataset(dataset).name}.yaml"
+    if path.exists():
+        raise BenchError(f"{path} already exists; pick another --out folder (it is never overwritten)")
+    text = label_scaffold_text(dataset, language, str(path))
+    atomic_write_bytes(path, text.encode("utf-8"))
+    try:
+        parse_label_fields(path, parse_label_file(path)[0])  # the scaffold must load as written
+    except BenchError:
+        path.unlink()
+        raise
+    return path

@@ -435,6 +435,40 @@ def labels_section(results: list[dict]) -> Section | None:
                    blocks)
 
 
+def knowledge_section(results: list[dict]) -> Section | None:
+    """`bench study knowledge`: each arm's score and paired test against plain templates, and the classes
+    each arm moved most."""
+    studies = by_task(results, "study-knowledge")
+    summary, movers = [], []
+    for s in studies:
+        for a in get(s, "arms", default=[]):
+            if not isinstance(a, dict):
+                continue
+            d = num(get(a, "delta"))
+            p = num(get(a, "mcnemar", "p"))
+            summary.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(a, "arm")),
+                            int_cell(get(a, "classes_with_text")), int_cell(get(a, "n_prompts")),
+                            pct_cell(get(a, "primary")), pct_cell(get(a, "top1")),
+                            points_cell(None if d is None else 100 * d, signed=True),
+                            Cell(MISSING if p is None else f"{p:.3g}", p, ("num",))])
+            for g in get(a, "top_movers", default=[]):
+                gd = num(get(g, "delta"))
+                movers.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(a, "arm")),
+                               text_cell(get(g, "class")), pct_cell(get(g, "plain")), pct_cell(get(g, "arm")),
+                               points_cell(None if gd is None else 100 * gd, signed=True)])
+    if not summary:
+        return None
+    blocks = [Table("knowledge-arms", ["model", "dataset", "arm", "classes with text", "prompts", "primary", "top-1",
+                                       "Δ vs plain (pts)", "McNemar p"], summary)]
+    if movers:
+        blocks.append(Table("knowledge-movers", ["model", "dataset", "arm", "class", "plain", "arm recall",
+                                                 "Δ (pts)"], movers,
+                            caption="Classes whose recall (%) each arm moved most against plain templates"))
+    return Section("knowledge", "Per-class knowledge", "Plain templates against templates + definitions, + "
+                   "descriptions (label-file fields), CuPL prompt lists, ELEVATER knowledge and their union, on the "
+                   "same cached image features (docs/knowledge.md). McNemar p: top-1 of the arm vs plain.", blocks)
+
+
 def probe_section(results: list[dict], matrix: Matrix) -> Section | None:
     probes = by_task(results, "linear_probe")
     if not probes:
@@ -564,6 +598,7 @@ def build_sections(results: list[dict], published: Published) -> list[Section]:
         sets_section(results),
         negation_section(results),
         labels_section(results),
+        knowledge_section(results),
         probe_section(results, matrix),
         manifest_section(results),
     ]

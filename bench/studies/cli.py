@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.cli_common import add_encoding_args, encoding_options, split_multi
+from bench.cli_common import add_encoding_args, add_knowledge_args, encoding_options, knowledge_options, split_multi
 from bench.errors import BenchError
 
 EPILOG = """examples:
@@ -16,6 +16,7 @@ EPILOG = """examples:
   bench study negation --model vit-h14 --dataset kitti-distance            (default vs other-not-negation + probe)
   bench study negation --model demo --dataset digits --probe-mode replace
   bench study labels   --model demo --dataset digits --variant numerals
+  bench study knowledge --model demo --dataset digits --labels my-digits.yaml --cupl cupl.json
 """
 
 
@@ -37,7 +38,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register_cli(subparsers) -> None:
-    study = subparsers.add_parser("study", help="prompt, prompt-set, negation and label-variant studies",
+    study = subparsers.add_parser("study", help="prompt, prompt-set, negation, label-variant and knowledge studies",
                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = study.add_subparsers(dest="study", required=True, metavar="STUDY")
 
@@ -74,6 +75,14 @@ def register_cli(subparsers) -> None:
     p.add_argument("--top", type=int, default=10, help="top movers to list (default 10)")
     p.set_defaults(func=cmd_study, kind="labels")
 
+    p = sub.add_parser("knowledge", help="plain templates vs + definitions vs + descriptions vs CuPL vs ELEVATER "
+                       "knowledge vs their union, per class")
+    _common(p)
+    p.add_argument("--cupl", default=None, help="a CuPL prompt file ({class name: [prompts]}, .json or .yaml)")
+    add_knowledge_args(p)
+    p.add_argument("--top", type=int, default=10, help="classes that moved most to list per arm (default 10)")
+    p.set_defaults(func=cmd_study, kind="knowledge")
+
 
 def study_kwargs(args) -> dict:
     """Study-specific keyword arguments, checked."""
@@ -89,6 +98,13 @@ def study_kwargs(args) -> dict:
     if args.kind == "negation":
         variants = None if args.variant is None else [None if v == "default" else v for v in args.variant]
         return {"variants": variants, "probe": args.probe, "probe_mode": args.probe_mode, "negation": args.negation}
+    if args.kind == "knowledge":
+        from bench.knowledge import KnowledgeConfig
+
+        k = knowledge_options(args)
+        cfg = None if k["knowledge"] is None else KnowledgeConfig(k["knowledge"], k["knowledge_use"], k["gpt3_items"],
+                                                                  k["knowledge_aggregation"])
+        return {"cupl": args.cupl, "knowledge": cfg, "top": args.top}
     return {"variant": args.variant, "baseline": args.labels, "top": args.top}
 
 
@@ -146,5 +162,11 @@ def _summary_labels(r: dict) -> str:
             f"({100 * p['delta']:+.1f}); helped {len(r['helped'])} classes, hurt {len(r['hurt'])}")
 
 
+def _summary_knowledge(r: dict) -> str:
+    parts = [f"{a['arm']} {_pct(a['primary'])}" + ("" if a["arm"] == "plain" else f" ({100 * a['delta']:+.1f})")
+             for a in r["arms"]]
+    return f"{r['model']} · {r['dataset']}: " + "  ".join(parts)
+
+
 SUMMARIES = {"prompts": _summary_prompts, "sets": _summary_sets, "negation": _summary_negation,
-             "labels": _summary_labels}
+             "labels": _summary_labels, "knowledge": _summary_knowledge}

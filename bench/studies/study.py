@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.cache import atomic_write_json, check_writable
+from bench.cache import atomic_write_json, check_writable, file_sha256
 from bench.datasets import sources
 from bench.datasets.base import SplitData, stratified_limit
 from bench.errors import BenchError
@@ -69,7 +69,12 @@ class Study:
     def weights(self, spec: ModelSpec, ps: PromptSet, dataset: str, names: tuple[str, ...] | Labels) -> torch.Tensor:
         """[C, T, D] prompt embeddings, from the text cache (keyed by model × rendered prompts)."""
         labels = names if isinstance(names, Labels) else Labels(tuple(names), "study")
-        return self.runner.class_weights(self.runner.backend(spec), ps, dataset, labels)
+        per_prompt = self.runner.class_weights(self.runner.backend(spec), ps, dataset, labels)
+        if not isinstance(per_prompt, torch.Tensor):  # per-template studies slice [C, T, D] by template
+            raise BenchError(f"prompt set '{ps.name}' ({ps.path}) gives classes different numbers of prompts "
+                             "(per-class fields or CuPL lists); this study scores templates one by one: use "
+                             "`bench study knowledge` for per-class prompts")
+        return per_prompt
 
     def prompt_set(self, spec: ModelSpec, name: str | None = None) -> PromptSet:
         ps = load_prompt_set(name) if name else self.runner.prompt_set(spec)
@@ -322,7 +327,116 @@ def labels_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, variant: str, b
     return result
 
 
-STUDIES = {"prompts": prompts_study, "sets": sets_study, "negation": negation_study, "labels": labels_study}
+# How the knowledge study appends a label file's definition or a description to a rendered template:
+# ELEVATER's separator for English (without its NLTK re-tokenisation), its Chinese punctuation for zh.
+KNOWLEDGE_SEPARATORS = {"en": " ; {label} , ", "zh": "；{label}，"}
+
+
+def plain_rows(ps: PromptSet, dataset: str, labels: Labels) -> list[list[str]]:
+    """Every class's rendered templates that use no per-class field (the plain-templates arm)."""
+    from bench.prompts import render, template_fields
+
+    compiled = [(src, t) for src, t in ps.compiled(dataset) if not template_fields(src)]
+    if not compiled:
+        raise BenchError(f"prompt set '{ps.name}' ({ps.path}) has no plain template (one with only {{{{ label }}}}) "
+                         f"for {dataset}: the knowledge study compares against plain templates; pick another --prompts")
+    return [[render(t, name, f"{ps.path}: template {src!r}") for src, t in compiled] for name in labels.names]
+
+
+def appended(rows: list[list[str]], labels: Labels, texts_of, sep: str) -> tuple[list[list[str]], int]:
+    """Each class's templates once per knowledge text (template + separator + text), ELEVATER's layout; a
+    class without texts keeps its plain templates. Returns the rows and how many classes had texts."""
+    out, n = [], 0
+    for c, (row, name) in enumerate(zip(rows, labels.names)):
+        texts = texts_of(labels.fields[c] if c < len(labels.fields) else {})
+        n += bool(texts)
+        out.append([r + sep.format(label=name) + k for k in texts for r in row] if texts else list(row))
+    return out, n
+
+
+def knowledge_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, cupl: str | None = None,
+                    knowledge=None, top: int = 10) -> dict:
+    """Plain templates vs + definitions vs + descriptions (label-file fields) vs a CuPL file vs ELEVATER
+    knowledge vs the union of them all, on the same cached image features; per-class gains against plain
+    and paired tests (McNemar, paired bootstrap) on top-1."""
+    from bench import stats
+    from bench.classprompts import load_class_prompts, match_class_prompts
+    from bench.knowledge import load_knowledge
+    from bench.prompts import PromptSet as PS
+    from bench.runner import elevater_id
+
+    t0 = time.perf_counter()
+    ps = st.prompt_set(spec)
+    labels = st.labels(spec, ref, st.opts.labels)
+    test = st.test_split(spec, ref)
+    dataset, language = ref.spec.name, st.runner.language(spec)
+    base = plain_rows(ps, dataset, labels)
+    sep = KNOWLEDGE_SEPARATORS[language]
+    arms: dict[str, list[list[str]]] = {"plain": base}
+    notes: dict[str, str] = {}
+    coverage: dict[str, int] = {"plain": len(base)}
+    for arm, get_texts in (("definitions", lambda f: [f["definition"]] if f.get("definition") else []),
+                           ("descriptions", lambda f: list(f.get("descriptions", ())))):
+        rows, n = appended(base, labels, get_texts, sep)
+        if n:
+            arms[arm], coverage[arm] = rows, n
+        else:
+            notes[arm] = f"skipped: no class of {labels.description} has {arm} (see docs/knowledge.md)"
+    if cupl:
+        cp = PS(name=Path(cupl).stem, language=language, path=str(cupl), class_prompts=load_class_prompts(Path(cupl)),
+                class_prompts_path=str(cupl))
+        arms["cupl"], coverage["cupl"] = [list(r) for r in match_class_prompts(cp, labels)], len(base)
+    else:
+        notes["cupl"] = "skipped: no --cupl FILE"
+    know_record = None
+    if knowledge is not None:
+        know = load_knowledge(knowledge, elevater_id(dataset))
+        arms["elevater"], know_record = know.augment(base, labels.names)
+        coverage["elevater"] = sum(a != b for a, b in zip(arms["elevater"], base))
+    if len(arms) > 2:
+        union = [list(dict.fromkeys(p for rows in arms.values() for p in rows[c])) for c in range(len(base))]
+        arms["union"], coverage["union"] = union, len(base)
+    single = not ref.spec.multilabel
+    rows_out, correct = [], {}
+    for arm, rows in arms.items():
+        per_prompt = st.runner.row_weights(st.runner.backend(spec), rows)
+        m = compute.evaluate(test.features, per_prompt, test.targets, ref.spec.metric)
+        row = {"arm": arm, "primary": m["primary"], "top1": m["top1"], "classes_with_text": coverage[arm],
+               "n_prompts": sum(len(r) for r in rows)}
+        if single:
+            preds = compute.predictions(test.features, per_prompt)
+            row.update(compute.class_report(preds, test.targets, ref.spec.num_classes))
+            del row["confusion"]
+            correct[arm] = preds == test.targets
+        rows_out.append(row)
+    plain = rows_out[0]
+    for row in rows_out:
+        row["delta"] = row["primary"] - plain["primary"]
+        if single and row["arm"] != "plain":
+            row["mcnemar"] = stats.mcnemar(correct[row["arm"]], correct["plain"])
+            row["paired_bootstrap"] = stats.paired_bootstrap(correct[row["arm"]], correct["plain"])
+            gains = [{"index": i, "class": labels.names[i], "plain": b, "arm": v,
+                      "delta": None if b is None or v is None else v - b}
+                     for i, (b, v) in enumerate(zip(plain["per_class_recall"], row["per_class_recall"]))]
+            moved = sorted((g for g in gains if g["delta"]), key=lambda g: -abs(g["delta"]))
+            row["per_class_gain"] = gains
+            row["helped"] = [g["class"] for g in gains if (g["delta"] or 0) > 0]
+            row["hurt"] = [g["class"] for g in gains if (g["delta"] or 0) < 0]
+            row["top_movers"] = moved[:top]
+    result = {
+        **st.header("study-knowledge", spec, ref, test, t0, ps, prompts=ps.name, labels=labels.description),
+        "arms": rows_out, "skipped": notes, "baseline": "plain",
+        "separator": sep, "cupl": {"path": str(cupl), "sha256": file_sha256(Path(cupl))} if cupl else None,
+        "knowledge": know_record,
+        "significance": "McNemar and paired bootstrap of top-1, each arm against plain, on the same images"
+                        if single else "not computed (multi-label)",
+    }
+    result["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+STUDIES = {"prompts": prompts_study, "sets": sets_study, "negation": negation_study, "labels": labels_study,
+           "knowledge": knowledge_study}
 
 
 # --------------------------------------------------------------------------- across models × datasets
