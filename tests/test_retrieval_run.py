@@ -102,3 +102,90 @@ def test_tasks_go_to_datasets_of_their_kind(tmp_path, retrieval_root, digits_roo
         run(["demo"], ["digits-retrieval"], opts, ("zeroshot",))
     results = run(["demo"], ["digits", "digits-retrieval"], opts, ("zeroshot", "retrieval"))
     assert [(r["dataset"], r["task"]) for r in results] == [("digits", "zeroshot"), ("digits-retrieval", "retrieval")]
+
+
+def _retrieval_rank(rank: int, world: int, port: int, cache_dir: str, out: str, root: str, q) -> None:
+    import os
+
+    import torch
+
+    from bench.runner import RunOptions, run
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    opts = RunOptions(out=Path(out), cache_dir=Path(cache_dir), data_root=Path(root), workers=0, limit=120,
+                      batch_size=16, progress=False, shard_size=16)
+    q.put((rank, len(run(["demo"], ["digits-retrieval"], opts, ("retrieval",)))))
+
+
+def test_distributed_retrieval_matches_single_process(tmp_path, retrieval_root, cache_dir):
+    """Two gloo ranks share the image shards; rank 0 encodes captions and scores: the numbers of one process."""
+    import shutil
+
+    import torch
+    from test_scale import _free_port
+
+    from bench.runner import RunOptions, run
+
+    shutil.copytree(cache_dir / "models", tmp_path / "cache1" / "models")
+    opts = RunOptions(out=tmp_path / "single", cache_dir=tmp_path / "cache1", data_root=retrieval_root, workers=0,
+                      limit=120, batch_size=16, progress=False, shard_size=16)
+    single = run(["demo"], ["digits-retrieval"], opts, ("retrieval",))[0]
+    ctx = torch.multiprocessing.get_context("spawn")
+    q = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [ctx.Process(target=_retrieval_rank, args=(r, 2, port, str(cache_dir), str(tmp_path / "dist"),
+                                                       str(retrieval_root), q)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(q.get() for _ in procs) == [(0, 1), (1, 0)]  # only rank 0 returns (and writes) a result
+    dist = _result(tmp_path / "dist", "retrieval@limit=120.json")
+    assert dist["metrics"] == single["metrics"] and dist["n_images"] == single["n_images"] == 120
+    assert 0 < dist["cache"]["images_encoded"] < 120  # rank 0 encoded only its share
+
+
+def test_run_from_webdataset_and_captions_folder(tmp_path, cache_dir, bench_cli):
+    """The other two formats through `bench run`: digits images with Chinese captions, one positive each."""
+    import io
+    import tarfile
+
+    from sklearn.datasets import load_digits
+
+    from bench.datasets.digits import ZH, _to_image
+
+    data = load_digits()
+    idx = list(range(0, 300, 3))  # 100 images
+    wds_dir, caps_dir = tmp_path / "wdsr", tmp_path / "caps"
+    (wds_dir / "test").mkdir(parents=True)
+    (caps_dir / "test").mkdir(parents=True)
+    (wds_dir / "dataset_type.txt").write_text("retrieval\n")
+    rows = ["image,caption"]
+    with tarfile.open(wds_dir / "test" / "0.tar", "w") as tar:
+        for n, i in enumerate(idx):
+            buf = io.BytesIO()
+            _to_image(data.images[i]).save(buf, format="PNG")
+            (caps_dir / "test" / f"{n}.png").write_bytes(buf.getvalue())
+            caption = f"手写数字{ZH[data.target[i]]}。"
+            for name, payload in ((f"s{n:05d}.png", buf.getvalue()), (f"s{n:05d}.txt", caption.encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+            rows.append(f"{n}.png,{caption}")
+    (caps_dir / "test_captions.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    results = []
+    for folder in (wds_dir, caps_dir):
+        code, _, _ = bench_cli("run", "--model", "demo", "--dataset", folder, "--task", "retrieval",
+                               "--cache-dir", cache_dir, "--out", tmp_path / "runs", "--no-progress")
+        assert code == 0
+        results.append(json.loads((tmp_path / "runs" / "demo" / folder.name / "retrieval.json").read_text()))
+    wds_r, caps_r = results
+    assert (wds_r["source"], caps_r["source"]) == ("wds-retrieval", "captions")
+    assert wds_r["n_images"] == caps_r["n_images"] == wds_r["n_texts"] == 100
+    # one caption per image but only ten distinct texts, so about ten images (captions) of a digit tie at the
+    # top: R@1 is near 1/10, R@10 near the model's accuracy (chance: 10 of 100)
+    assert caps_r["metrics"]["i2t_r@10"] > 0.5 and caps_r["metrics"]["t2i_r@10"] > 0.5
+    assert wds_r["metrics"] == caps_r["metrics"]  # same images and captions in two formats: same numbers
