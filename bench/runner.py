@@ -134,6 +134,9 @@ def resolve_datasets(names: list[str], data_root: Path,
 
 
 def load_data(ref: DatasetRef, split: str, limit: int | None) -> SplitData:
+    if ref.spec.task != "classification":  # studies, prompt evaluation and the probe need classes
+        raise BenchError(f"{ref.spec.name} is a {ref.spec.task} set (captions, not classes); "
+                         f"evaluate it with `bench run --task {ref.spec.task}`")
     data = sources.load(ref, split)
     if limit is not None and limit < len(data):
         data = data.subset(stratified_limit(data.targets, limit))
@@ -428,6 +431,9 @@ class Runner:
         opts = self.opts
         t0 = time.perf_counter()
         data = load_retrieval(ref, opts.split, opts.limit)
+        if opts.save_predictions or opts.save_logits:
+            log.warning("--save-predictions/--save-logits write classification scores; a retrieval run writes "
+                        "neither (its result JSON has the recalls)")
         language = data.language or self.language(spec)
         if language != spec.language:
             log.warning("%s's captions are %s but %s is a %s model", ref.spec.name, language, spec.name, spec.language)

@@ -189,3 +189,11 @@ def test_run_from_webdataset_and_captions_folder(tmp_path, cache_dir, bench_cli)
     # top: R@1 is near 1/10, R@10 near the model's accuracy (chance: 10 of 100)
     assert caps_r["metrics"]["i2t_r@10"] > 0.5 and caps_r["metrics"]["t2i_r@10"] > 0.5
     assert wds_r["metrics"] == caps_r["metrics"]  # same images and captions in two formats: same numbers
+
+
+def test_classification_tools_refuse_a_retrieval_set(retrieval_root):
+    from bench.runner import load_data, resolve_datasets
+
+    (ref,), _ = resolve_datasets(["digits-retrieval"], retrieval_root)
+    with pytest.raises(BenchError, match="digits-retrieval is a retrieval set.*--task retrieval"):
+        load_data(ref, "test", None)
