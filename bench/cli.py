@@ -29,6 +29,8 @@ RUN_EPILOG = """examples:
   bench run --model vit-h14 --dataset all --data-root ~/elevater
   bench run --model openai/vit-l14 --dataset cifar-10 --prompts simple-en --save-predictions
   bench run --model my-model.yaml --dataset ./data/kitti-distance --labels other-not-negation
+  bench run --model demo --dataset digits-retrieval --task retrieval
+  bench run --model vit-h14 --dataset muge --dataset flickr30k-cn --task retrieval --data-root ~/cn-clip-data
 """
 
 
@@ -53,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="registry name, alias (vit-h14) or model YAML path; repeatable (names may also be space-separated)")
     run.add_argument("--dataset", action="append", required=True,
                      help="registry name, 'all', or a dataset folder path; repeatable")
-    run.add_argument("--task", default="zeroshot", choices=["zeroshot", "linear-probe", "all"])
+    run.add_argument("--task", default="zeroshot", choices=["zeroshot", "linear-probe", "retrieval", "all"],
+                     help="zeroshot and linear-probe run on classification sets, retrieval on retrieval sets; "
+                          "all: every task that fits each dataset")
     _add_common_data(run)
     run.add_argument("--split", default="test")
     run.add_argument("--prompts", default=None, help="prompt set name, YAML file, or CuPL file "
@@ -133,7 +137,7 @@ def cmd_run(args) -> int:
     from bench.runner import RunOptions, run
 
     encoding = encoding_options(args)
-    tasks = ("zeroshot", "linear_probe") if args.task == "all" else (args.task.replace("-", "_"),)
+    tasks = ("zeroshot", "linear_probe", "retrieval") if args.task == "all" else (args.task.replace("-", "_"),)
     opts = RunOptions(
         out=args.out, cache_dir=args.cache_dir or default_cache_dir(), data_root=args.data_root or default_data_root(),
         split=args.split, prompts=args.prompts, labels=args.labels, language=args.language, device=args.device,
@@ -172,7 +176,7 @@ def format_table(results: list[dict]) -> str:
     for r in results:
         m = r["metrics"]
         rows.append((r["model"], r["dataset"], r["task"], str(r["n_samples"]), r["metric"],
-                     f"{100 * m['primary']:.1f}", f"{100 * m['top1']:.1f}"))
+                     f"{100 * m['primary']:.1f}", f"{100 * m['top1']:.1f}" if "top1" in m else "—"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i < 5 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]

@@ -23,9 +23,19 @@ import numpy as np
 
 from bench.errors import BenchError
 
-__all__ = ["KS", "query_ranks", "recall_at_k", "retrieval_metrics"]
+__all__ = ["KS", "MAX_BLOCK_SCORES", "block_rows", "query_ranks", "recall_at_k", "retrieval_metrics"]
 
 KS: tuple[int, ...] = (1, 5, 10)
+# At most this many similarity scores are alive per block (16M float32 = 64 MiB, plus a few same-sized
+# temporaries while ranking): with 150k captions an image block is about 110 rows, never the whole matrix.
+MAX_BLOCK_SCORES = 1 << 24
+
+
+def block_rows(block_size: int, n_candidates: int, max_scores: int = MAX_BLOCK_SCORES) -> int:
+    """Queries per block: ``block_size``, fewer when ``block_size x n_candidates`` would exceed ``max_scores``."""
+    if block_size < 1 or max_scores < 1:
+        raise BenchError(f"retrieval: block_size and max_scores must be >= 1, got {block_size} and {max_scores}")
+    return max(1, min(block_size, max_scores // max(n_candidates, 1)))
 
 
 def _positive_lists(text_images: Sequence[Sequence[int]], n_images: int) -> list[list[int]]:
@@ -47,10 +57,12 @@ def query_ranks(
     candidates: np.ndarray,
     positives: Sequence[Sequence[int]],
     block_size: int = 1024,
+    max_scores: int = MAX_BLOCK_SCORES,
 ) -> np.ndarray:
     """0-based rank of each query's best positive among ``candidates`` (scores = queries @ candidates.T).
 
-    Scores are computed ``block_size`` queries at a time.  A query with no positive gets rank -1.
+    Scores are computed ``block_rows(block_size, len(candidates), max_scores)`` queries at a time, so at
+    most about ``max_scores`` of them exist at once.  A query with no positive gets rank -1.
     """
     q = np.asarray(queries, dtype=np.float32)
     c = np.asarray(candidates, dtype=np.float32)
@@ -59,6 +71,7 @@ def query_ranks(
     if len(positives) != len(q):
         raise BenchError(f"retrieval: {len(q)} queries but {len(positives)} positive lists")
     n_cand = len(c)
+    block_size = block_rows(block_size, n_cand, max_scores)
     ranks = np.full(len(q), -1, dtype=np.int64)
     idx = np.arange(n_cand)
     for start in range(0, len(q), block_size):
@@ -98,8 +111,10 @@ def retrieval_metrics(
     text_images: Sequence[Sequence[int]],
     ks: Sequence[int] = KS,
     block_size: int = 1024,
+    max_scores: int = MAX_BLOCK_SCORES,
 ) -> dict[str, float]:
-    """R@k for text->image (``t2i_r@k``) and image->text (``i2t_r@k``) and their mean (``mean_recall``).
+    """R@k for text->image (``t2i_r@k``) and image->text (``i2t_r@k``), their mean (``mean_recall``) and
+    each direction's mean (``t2i_mean_recall``, ``i2t_mean_recall``: Chinese CLIP's "MR" for MUGE).
 
     Features are used as given (L2-normalise them first for cosine similarity).
     """
@@ -111,8 +126,8 @@ def retrieval_metrics(
     for t, imgs in enumerate(pos_t2i):
         for i in imgs:
             pos_i2t[i].append(t)
-    r_t2i = query_ranks(text_features, image_features, pos_t2i, block_size)
-    r_i2t = query_ranks(image_features, text_features, pos_i2t, block_size)
+    r_t2i = query_ranks(text_features, image_features, pos_t2i, block_size, max_scores)
+    r_i2t = query_ranks(image_features, text_features, pos_i2t, block_size, max_scores)
     out: dict[str, float] = {}
     for k in ks:
         out[f"t2i_r@{k}"] = recall_at_k(r_t2i, k)
@@ -120,4 +135,6 @@ def retrieval_metrics(
         out[f"i2t_r@{k}"] = recall_at_k(r_i2t, k)
     vals = [out[f"t2i_r@{k}"] for k in ks] + [out[f"i2t_r@{k}"] for k in ks]
     out["mean_recall"] = float(np.mean(vals))
+    out["t2i_mean_recall"] = float(np.mean([out[f"t2i_r@{k}"] for k in ks]))
+    out["i2t_mean_recall"] = float(np.mean([out[f"i2t_r@{k}"] for k in ks]))
     return out

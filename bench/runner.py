@@ -19,11 +19,13 @@ import torch
 from bench import __version__, distributed, probe, protocols, stats
 from bench.backends import load_backend
 from bench.backends.base import Backend, resolve_device
-from bench.cache import FeatureCache, TextCache, atomic_write_bytes, atomic_write_json, check_writable
+from bench.cache import FeatureCache, TextCache, atomic_write_bytes, atomic_write_json, check_writable, content_key
 from bench.datasets import sources
 from bench.datasets.base import SplitData, stratified_limit
 from bench.datasets.digits import prepare_digits
+from bench.datasets.digits_retrieval import prepare_digits_retrieval
 from bench.datasets.registry import DatasetSpec, get_dataset, list_datasets
+from bench.datasets.retrieval import RetrievalSplit
 from bench.datasets.sources import DatasetRef
 from bench.errors import BenchError
 from bench.experiment import experiment, logits_path, result_stem, update_index
@@ -34,12 +36,16 @@ from bench.metrics import compute_metrics
 from bench.models import ModelSpec, resolve_model
 from bench.prompts import ClassTexts, PromptSet, load_prompt_set
 from bench.protocol_prompts import package_prompt_set
+from bench.retrieval import retrieval_metrics
 from bench.validation import require_valid
 from bench.zeroshot import LOGIT_SCALE, PerPrompt, class_embeddings, n_prompts, normalize, protocol_scores, scores
 
 log = logging.getLogger(__name__)
 # Sources that can be generated locally without network, by name.
-GENERATORS = {"digits": prepare_digits}
+GENERATORS = {"digits": prepare_digits, "digits-retrieval": prepare_digits_retrieval}
+# What each task runs on (DatasetSpec.task); a task is skipped on datasets of the other kind.
+TASK_KIND = {"zeroshot": "classification", "linear_probe": "classification", "retrieval": "retrieval"}
+TEXT_CHUNK = 8192  # captions per text-cache entry: a killed run keeps the chunks it finished
 
 
 @dataclass(frozen=True)
@@ -99,14 +105,17 @@ def _missing(spec: DatasetSpec, data_root: Path) -> str:
             f"{', '.join(sources.folder_names(spec))}); run `{prepare_command(spec)}`")
 
 
-def resolve_datasets(names: list[str], data_root: Path) -> tuple[list[DatasetRef], list[str]]:
-    """Datasets to run (folder + source), and a note per `all` member that is not under `data_root`."""
+def resolve_datasets(names: list[str], data_root: Path,
+                     kinds: tuple[str, ...] = ("classification",)) -> tuple[list[DatasetRef], list[str]]:
+    """Datasets to run (folder + source), and a note per `all` member that is not under `data_root`
+    (`all`: the registered sets of the given task kinds)."""
     refs: list[DatasetRef] = []
     missing: list[str] = []
     for name in names:
         path = Path(name)
         if name == "all":
-            for spec in list_datasets(include_optional=False, include_demo=False):
+            specs = [s for kind in kinds for s in list_datasets(include_optional=False, include_demo=False, task=kind)]
+            for spec in specs:
                 ref = sources.locate(spec, data_root)
                 if ref is None:
                     missing.append(f"{spec.name}: not found under {data_root} (run `{prepare_command(spec)}`)")
@@ -121,7 +130,7 @@ def resolve_datasets(names: list[str], data_root: Path) -> tuple[list[DatasetRef
         ref = sources.locate(spec, data_root)
         if ref is None and spec.sources.get("generated") in GENERATORS:
             folder = GENERATORS[spec.sources["generated"]](data_root / spec.folder_names[0])
-            ref = DatasetRef(spec, folder, "elevater")
+            ref = DatasetRef(spec, folder, sources.detect(folder) or "elevater")
         if ref is None:
             if not data_root.exists():
                 raise BenchError(f"data root {data_root} does not exist; pass --data-root DIR or set BENCH_DATA")
@@ -133,9 +142,29 @@ def resolve_datasets(names: list[str], data_root: Path) -> tuple[list[DatasetRef
 
 
 def load_data(ref: DatasetRef, split: str, limit: int | None) -> SplitData:
+    if ref.spec.task != "classification":  # studies, prompt evaluation and the probe need classes
+        raise BenchError(f"{ref.spec.name} is a {ref.spec.task} set (captions, not classes); "
+                         f"evaluate it with `bench run --task {ref.spec.task}`")
     data = sources.load(ref, split)
     if limit is not None and limit < len(data):
         data = data.subset(stratified_limit(data.targets, limit))
+    return data
+
+
+def load_retrieval(ref: DatasetRef, split: str, limit: int | None) -> RetrievalSplit:
+    """One split of a retrieval set; `--limit N` keeps its first N images and the captions that name them.
+
+    `--split test` (the default) on a set whose published numbers use another split (MUGE: `valid`, its
+    test split being unannotated) reads that split; the result records the split it read."""
+    if split == "test" and ref.spec.eval_split:
+        log.info("%s: evaluating the '%s' split (its published numbers are on it)", ref.spec.name, ref.spec.eval_split)
+        split = ref.spec.eval_split
+    data = sources.load(ref, split)
+    if not isinstance(data, RetrievalSplit):
+        raise BenchError(f"{ref.folder}: {ref.spec.name} is not a retrieval set (its {ref.source} source has "
+                         "classes, not captions); run it with --task zeroshot")
+    if limit is not None and limit < len(data):
+        data = data.subset(list(range(limit)))
     return data
 
 
@@ -461,6 +490,92 @@ class Runner:
         probe.get_implementation(name)
         return name
 
+    def caption_features(self, backend: Backend, texts: tuple[str, ...]) -> tuple[torch.Tensor, list[str], int]:
+        """[T, D] caption embeddings through the text cache, TEXT_CHUNK captions per entry (a killed run
+        re-encodes at most one chunk), each chunk's cache key, and how many chunks were encoded now."""
+        chunks, keys, encoded = [], [], 0
+        for start in range(0, len(texts), TEXT_CHUNK):
+            part = list(texts[start:start + TEXT_CHUNK])
+            key = content_key({"kind": "text", "model": backend.text_identity(), "texts": list(dict.fromkeys(part))})
+            encoded += not self.texts.path(key).is_file()
+            chunks.append(text_embeddings(backend, part, self.texts, progress=self.opts.progress))
+            keys.append(key)
+        return torch.cat(chunks), keys, encoded
+
+    def retrieval(self, spec: ModelSpec, ref: DatasetRef) -> dict | None:
+        """Zero-shot image-text retrieval: R@1/5/10 text->image and image->text on cached image features
+        (per model x dataset x split, as for classification) and cached caption embeddings."""
+        opts = self.opts
+        if self.protocol.name != "bench":
+            # the registered protocols describe zero-shot classification; their transform and precision
+            # applied to retrieval would put their name on an evaluation they never published
+            raise BenchError(f"{ref.spec.name}: protocol '{self.protocol.name}' is a zero-shot classification "
+                             "protocol; run retrieval under --protocol bench")
+        t0 = time.perf_counter()
+        data = load_retrieval(ref, opts.split, opts.limit)
+        if opts.save_predictions or opts.save_logits:
+            log.warning("--save-predictions/--save-logits write classification scores; a retrieval run writes "
+                        "neither (its result JSON has the recalls)")
+        language = data.language or self.language(spec)
+        if language != spec.language:
+            log.warning("%s's captions are %s but %s is a %s model", ref.spec.name, language, spec.name, spec.language)
+        backend = self.backend(spec)
+        feats = self.image_features(backend, data)
+        if not distributed.current().main:
+            return None  # torchrun: this rank's shards are cached; rank 0 encodes captions and scores
+        t1 = time.perf_counter()
+        # images skipped as unreadable (--skip-bad-images) leave the candidates; captions of no kept image go too
+        row = {int(i): r for r, i in enumerate(feats.indices.tolist())}
+        kept = [(t, tuple(row[i] for i in imgs if i in row)) for t, imgs in enumerate(data.text_images)]
+        kept = [(t, imgs) for t, imgs in kept if imgs]
+        texts = tuple(data.texts[t] for t, _ in kept)
+        text_feats, text_keys, text_encoded = self.caption_features(backend, texts)
+        t2 = time.perf_counter()
+        metrics = retrieval_metrics(normalize(feats.features).numpy(), normalize(text_feats).numpy(),
+                                    [imgs for _, imgs in kept])
+        metrics["primary"] = metrics["mean_recall"]
+        t3 = time.perf_counter()
+        result = {
+            **result_header(spec, ref, data, "retrieval", language, opts.protocol, self.precision),
+            "prompts": None,
+            "labels": None,
+            "n_samples": int(feats.indices.numel()),
+            "n_images": int(feats.indices.numel()),
+            "n_texts": len(texts),
+            "n_pairs": int(sum(len(imgs) for _, imgs in kept)),
+            "n_image_queries": len({i for _, imgs in kept for i in imgs}),
+            "captions_language": language,
+            "metric": "mean_recall",
+            "metrics": metrics,
+            "metrics_implementation": "bench",
+            "definitions": {
+                "t2i": "a caption is right at k when any of its images is among the k most similar images",
+                "i2t": "an image is right at k when any of its captions is among the k most similar captions; "
+                       "images without a caption are distractors, not queries",
+                "mean_recall": "mean of the six R@k; t2i_mean_recall / i2t_mean_recall: mean of one direction's R@1/5/10",
+                "ties": "equal scores ordered by candidate index (lower first)",
+                "similarity": "cosine (L2-normalised embeddings)"},
+            "skipped_images": len(feats.errors),
+            "skipped_examples": feats.errors[:5],
+            "limit": opts.limit,
+            "source": data.source,
+            "cache": {"image_features": feats.key, "images_encoded": feats.n_encoded, "text_features": text_keys,
+                      "text_entries_encoded": text_encoded},
+            "encoder": {"compile": opts.compile, "compiled": feats.compiled, "compile_s": round(feats.compile_s, 3)},
+            "timings": {"image_features_s": round(feats.seconds, 3), "text_features_s": round(t2 - t1, 3),
+                        "retrieval_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3)},
+            "manifest": self.manifest(backend, data, None),
+        }
+        result["manifest"]["dataset"]["texts_fingerprint"] = data.texts_fingerprint
+        folder_out = opts.out / spec.name / ref.spec.name
+        check_writable(folder_out, "output directory")
+        # prompts, labels and --language do not reach a retrieval number: they are no part of its identity
+        result["experiment"] = ident = experiment(result, replace(opts, prompts=None, labels=None, language=None))
+        name = result_stem(ident) + ".json"
+        atomic_write_json(folder_out / name, result)
+        update_index(folder_out, name, ident)
+        return result
+
     def manifest(self, backend: Backend, data: SplitData, ps: PromptSet | None) -> dict:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.opts).items()}
         return {
@@ -539,6 +654,7 @@ def write_logits(path: Path, scores: np.ndarray, targets: np.ndarray, paths: lis
 TASKS: dict[str, Callable[[Runner, ModelSpec, DatasetRef], dict | None]] = {
     "zeroshot": Runner.zeroshot,
     "linear_probe": Runner.linear_probe,
+    "retrieval": Runner.retrieval,
 }
 
 
@@ -546,7 +662,8 @@ def run(model_names: list[str], dataset_names: list[str], opts: RunOptions,
         tasks: tuple[str, ...] = ("zeroshot",)) -> list[dict]:
     """Resolve everything first (fail fast on bad names), then evaluate each model on each dataset."""
     models = [resolve_model(m) for m in model_names]
-    refs, missing = resolve_datasets(dataset_names, opts.data_root)
+    refs, missing = resolve_datasets(dataset_names, opts.data_root,
+                                     tuple(dict.fromkeys(TASK_KIND.get(t, "classification") for t in tasks)))
     for note in missing:
         log.warning("skipping %s", note)
     if not refs:
@@ -555,8 +672,13 @@ def run(model_names: list[str], dataset_names: list[str], opts: RunOptions,
     for task in tasks:
         if task not in TASKS:
             raise BenchError(f"task '{task}' is not available yet; available: {', '.join(TASKS)}")
+    unfit = [r.spec.name for r in refs if not any(TASK_KIND[t] == r.spec.task for t in tasks)]
+    if unfit:
+        raise BenchError(f"{', '.join(unfit)}: no requested task runs on {'it' if len(unfit) == 1 else 'them'} "
+                         f"(tasks: {', '.join(tasks)}); retrieval sets take --task retrieval, classification sets "
+                         "--task zeroshot or linear-probe")
     if "linear_probe" in tasks:
-        no_train = [r.spec.name for r in refs if not (r.folder / "train").is_dir()]
+        no_train = [r.spec.name for r in refs if r.spec.task == "classification" and not (r.folder / "train").is_dir()]
         if no_train:
             raise BenchError(f"the linear probe needs a 'train' split; missing for: {', '.join(no_train)} "
                              "(run --task zeroshot for these)")
@@ -569,5 +691,6 @@ def run(model_names: list[str], dataset_names: list[str], opts: RunOptions,
         for spec in models:
             for ref in refs:
                 for task in tasks:
-                    results.append(TASKS[task](runner, spec, ref))
+                    if TASK_KIND[task] == ref.spec.task:  # e.g. --task all: retrieval only on retrieval sets
+                        results.append(TASKS[task](runner, spec, ref))
     return [r for r in results if r is not None]  # empty on torchrun ranks other than 0

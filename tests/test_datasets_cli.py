@@ -17,15 +17,18 @@ def test_list_json_has_all_twenty(bench_cli, tmp_path):
     code, out, _ = bench_cli("datasets", "list", "--json", "--data-root", tmp_path)
     assert code == 0
     rows = {r["name"]: r for r in json.loads(out)}
-    core = {n for n, r in rows.items() if not r["optional"] and not r["demo"]}
+    core = {n for n, r in rows.items() if not r["optional"] and not r["demo"] and r["task"] == "classification"}
     assert core == ELEVATER_20
+    retrieval = {n for n, r in rows.items() if r["task"] == "retrieval" and not r["demo"]}
+    assert retrieval == {"muge", "flickr30k-cn", "coco-cn", "flickr30k", "mscoco"}
+    assert rows["muge"]["test"] == 29806 and rows["muge"]["captions"] == {"valid": 5008}
     assert rows["voc-2007"]["metric"] == "11point_mAP" and rows["voc-2007"]["multilabel"]
     assert rows["hateful-memes"]["metric"] == "roc_auc" and rows["caltech-101"]["classes"] == 102
 
 
 def test_list_shows_found_source(bench_cli, digits_root):
     code, out, _ = bench_cli("datasets", "list", "--data-root", digits_root)
-    line = next(row for row in out.splitlines() if row.startswith("digits"))
+    line = next(row for row in out.splitlines() if row.startswith("digits "))
     assert code == 0 and "elevater:" in line
 
 

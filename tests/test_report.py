@@ -121,7 +121,7 @@ def test_published_lookup_by_model_and_dataset(published):
     assert (air.metric, air.value) == ("mean_per_class_recall", 42.7)
     assert published.lookup("cn-clip/vit-h14", "food-101") == []  # not published: no row, no guess
     assert published.lookup("demo", "digits") == []
-    assert len(published.rows) == 55 + 133
+    assert len(published.rows) == 55 + 133 + 80 + 84  # classification, then retrieval (chinese_clip, openclip)
 
 
 def test_deltas_compare_metric_for_metric(published):

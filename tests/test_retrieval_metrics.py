@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bench.errors import BenchError
-from bench.retrieval import query_ranks, retrieval_metrics
+from bench.retrieval import block_rows, query_ranks, retrieval_metrics
 
 
 def _brute(img, txt, text_images, k):
@@ -46,7 +46,10 @@ def test_blocked_equals_brute_force(block):
         assert m[f"t2i_r@{k}"] == pytest.approx(t2i)
         assert m[f"i2t_r@{k}"] == pytest.approx(i2t)
     assert 0 < m["t2i_r@1"] < 1 and m["t2i_r@1"] <= m["t2i_r@10"]
-    assert m["mean_recall"] == pytest.approx(np.mean([v for k, v in m.items() if k != "mean_recall"]))
+    recalls = [v for k, v in m.items() if "_r@" in k]
+    assert len(recalls) == 6 and m["mean_recall"] == pytest.approx(np.mean(recalls))
+    assert m["t2i_mean_recall"] == pytest.approx(np.mean([m[f"t2i_r@{k}"] for k in (1, 5, 10)]))
+    assert m["i2t_mean_recall"] == pytest.approx(np.mean([m[f"i2t_r@{k}"] for k in (1, 5, 10)]))
 
 
 def test_ties_go_to_lower_index():
@@ -66,3 +69,35 @@ def test_bad_image_index_is_a_bench_error():
     ti[1] = [999]
     with pytest.raises(BenchError, match="999"):
         retrieval_metrics(img, txt, ti)
+
+
+def test_block_rows_caps_the_scores_per_block():
+    assert block_rows(1024, 150_000, max_scores=1 << 24) == (1 << 24) // 150_000  # 111 rows, not 1024
+    assert block_rows(1024, 10, max_scores=1 << 24) == 1024
+    assert block_rows(1024, 10**9, max_scores=1000) == 1  # never zero rows
+    with pytest.raises(BenchError):
+        block_rows(0, 10)
+
+
+@pytest.mark.parametrize("max_scores", [1, 29, 30 * 7, 10**9])
+def test_score_budget_chunks_equal_unchunked(max_scores, monkeypatch):
+    """Chunked by a score budget (down to one query per block) gives exactly the one-block numbers, and no
+    block ever holds more than max(budget, one row) scores."""
+    import bench.retrieval as r
+
+    img, txt, ti = _data(seed=3, n_img=30, per=4)
+    whole = retrieval_metrics(img, txt, ti, block_size=10**6, max_scores=10**12)
+    biggest = []
+    real_matmul = np.matmul
+
+    class Spy(np.ndarray):
+        def __matmul__(self, other):
+            out = real_matmul(np.asarray(self), other)
+            biggest.append(out.size)
+            return out
+
+    monkeypatch.setattr(r.np, "asarray", lambda a, dtype=None: np.array(a, dtype=dtype).view(Spy))
+    chunked = retrieval_metrics(img, txt, ti, block_size=10**6, max_scores=max_scores)
+    assert chunked == whole
+    n_txt = len(ti)
+    assert biggest and max(biggest) <= max(max_scores, n_txt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -27,8 +28,9 @@ class SplitData:
     source: str
     class_names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # the source's own labels
     fingerprint: str = ""
-    # Per sample (archive path relative to root, byte offset, byte size) for sources that keep images
-    # inside archives (webdataset tar shards); empty when every path is an image file of its own.
+    # Per sample (archive path relative to root, byte offset, byte size[, "base64"]) for sources that keep
+    # images inside archives (webdataset tar shards; Chinese CLIP's tsv of base64 strings, marked "base64");
+    # empty when every path is an image file of its own.
     spans: tuple = ()
 
     def images(self, transform, indices: list[int] | None = None) -> ImageFiles:
@@ -96,12 +98,15 @@ class ImageFiles(torch.utils.data.Dataset):
     def _open(self, i: int) -> Image.Image:
         if not self.spans:
             return Image.open(self.root / self.paths[i])
-        archive, offset, size = self.spans[i]
+        archive, offset, size, *encoding = self.spans[i]
         with open(self.root / archive, "rb") as f:
             f.seek(offset)
             raw = f.read(size)
         if len(raw) != size:
             raise OSError(f"archive truncated: wanted {size} bytes at offset {offset}, got {len(raw)}")
+        if encoding and encoding[0] == "base64":
+            # as Chinese CLIP reads its tsv: the URL-safe alphabet, which also accepts standard base64
+            raw = base64.urlsafe_b64decode(raw)
         return Image.open(io.BytesIO(raw))
 
 

@@ -56,10 +56,11 @@ def _data_root(p: argparse.ArgumentParser) -> None:
 def cmd_list(args) -> int:
     root = args.data_root or default_data_root()
     rows = []
-    for s in list_datasets():
+    for s in list_datasets(task=None):
         ref = sources.locate(s, root)
-        rows.append({"name": s.name, "title": s.title, "classes": s.num_classes, "metric": s.metric,
-                     "multilabel": s.multilabel, "splits": s.splits, "test": s.splits.get("test"),
+        rows.append({"name": s.name, "title": s.title, "task": s.task, "classes": s.num_classes, "metric": s.metric,
+                     "multilabel": s.multilabel, "splits": s.splits,
+                     "test": s.splits.get(s.eval_split or "test"), "captions": s.captions,
                      "optional": s.optional, "demo": s.demo, "aliases": list(s.aliases), "sources": s.sources,
                      "present": ref is not None, "source": ref.source if ref else None,
                      "folder": str(ref.folder) if ref else None})
@@ -69,6 +70,7 @@ def cmd_list(args) -> int:
     print(f"{'name':20} {'classes':>7}  {'metric':14} {'test':>6}  found under {root}")
     for r in rows:
         tag = " (optional)" if r["optional"] else " (demo)" if r["demo"] else ""
+        tag += " (retrieval: images of its evaluation split)" if r["task"] == "retrieval" else ""
         found = f"{r['source']}: {r['folder']}" if r["present"] else "—"
         print(f"{r['name']:20} {r['classes']:>7}  {r['metric']:14} {r['test'] or '':>6}  {found}{tag}")
     return 0
@@ -85,6 +87,10 @@ def cmd_prepare(args) -> int:
         print(f"{spec.name}: ready in {folder}")
         return 0
     repo = wds.hub_repo(spec)
+    if repo is None and spec.task == "retrieval":
+        raise BenchError(f"{spec.name}: no downloadable source; put Chinese CLIP's released folder "
+                         f"'{spec.folder_names[0]}' under {root} (layout: {spec.folder_names[0]}/<split>_imgs.tsv + "
+                         f"<split>_texts.jsonl; see docs/retrieval.md)")
     if repo is None:
         raise BenchError(f"{spec.name}: no downloadable source; put Chinese CLIP's ELEVATER archive folder "
                          f"'{spec.folder_names[0]}' under {root} (layout: {spec.folder_names[0]}/test/<class id>/<image>)")
@@ -146,6 +152,9 @@ def _ref(name: str, root: Path) -> sources.DatasetRef:
 def cmd_verify(args) -> int:
     root = args.data_root or default_data_root()
     ref = _ref(args.name, root)
+    if ref.spec.task == "retrieval":
+        raise BenchError(f"{ref.spec.name}: `bench datasets verify` checks classification sets; a retrieval set is "
+                         "validated (file and line of any bad entry) when `bench run --task retrieval` loads it")
     splits = args.split or [s for s in SPLITS if (ref.folder / s).is_dir()]
     reports = [verify_split(sources.load(ref, s), args.workers) for s in splits]
     problems = [f"{r['split']}: {len(r['unreadable'])} unreadable image(s), e.g. {r['unreadable'][0]}"

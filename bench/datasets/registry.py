@@ -12,16 +12,26 @@ from bench.registry import from_mapping, load_yaml, unknown
 
 REGISTRY_DIR = PACKAGE_DIR / "registry" / "datasets"
 METRIC_NAMES = ("accuracy", "mean_per_class", "11point_mAP", "roc_auc")
+TASK_KINDS = ("classification", "retrieval")  # what a dataset is for; `bench run --task` picks by this
+RETRIEVAL_METRICS = ("mean_recall",)
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A registered dataset: identity, classes in canonical order, metric and sources."""
+    """A registered dataset: identity, classes in canonical order, metric and sources.
+
+    A retrieval set (`task: retrieval`) has no classes (num_classes 0), metric `mean_recall`, the
+    language of its captions, and caption counts per split beside the image counts in `splits`."""
 
     name: str
     num_classes: int
     metric: str
-    classes: tuple[str, ...]
+    classes: tuple[str, ...] = ()
+    task: str = "classification"
+    language: str = ""  # retrieval: the captions' language (en, zh)
+    captions: dict[str, int] = field(default_factory=dict)  # retrieval: captions per split
+    # retrieval: the split published numbers use when it is not `test` (MUGE's test split is unannotated)
+    eval_split: str = ""
     title: str = ""
     aliases: tuple[str, ...] = ()
     elevater_id: str = ""
@@ -36,6 +46,15 @@ class DatasetSpec:
     notes: str = ""
 
     def validate(self, where: str) -> DatasetSpec:
+        if self.task not in TASK_KINDS:
+            raise BenchError(f"{where}: task must be one of {', '.join(TASK_KINDS)}, got '{self.task}'")
+        if self.task == "retrieval":
+            if self.metric not in RETRIEVAL_METRICS:
+                raise BenchError(f"{where}: a retrieval set's metric must be one of {', '.join(RETRIEVAL_METRICS)}, "
+                                 f"got '{self.metric}'")
+            if self.num_classes or self.classes:
+                raise BenchError(f"{where}: a retrieval set has captions, not classes (num_classes: 0, no classes)")
+            return self
         if self.metric not in METRIC_NAMES:
             raise BenchError(f"{where}: metric must be one of {', '.join(METRIC_NAMES)}, got '{self.metric}'")
         if len(self.classes) != self.num_classes:
@@ -50,7 +69,8 @@ class DatasetSpec:
     @property
     def folder_names(self) -> tuple[str, ...]:
         """Folder names this dataset may have under a data root, most specific first."""
-        names = [self.sources.get("elevater", ""), self.name, self.elevater_id, *self.aliases]
+        names = [self.sources.get("elevater", ""), self.sources.get("cn-clip", ""), self.name, self.elevater_id,
+                 *self.aliases]
         return tuple(dict.fromkeys(n for n in names if n))
 
 
@@ -65,9 +85,12 @@ def _registry() -> dict[str, DatasetSpec]:
     return specs
 
 
-def list_datasets(include_optional: bool = True, include_demo: bool = True) -> list[DatasetSpec]:
+def list_datasets(include_optional: bool = True, include_demo: bool = True,
+                  task: str | None = "classification") -> list[DatasetSpec]:
+    """Registered datasets of one task kind (classification by default, None: every kind)."""
     return [s for s in _registry().values()
-            if (include_optional or not s.optional) and (include_demo or not s.demo)]
+            if (include_optional or not s.optional) and (include_demo or not s.demo)
+            and (task is None or s.task == task)]
 
 
 def _aliases() -> dict[str, str]:
@@ -82,6 +105,12 @@ def _aliases() -> dict[str, str]:
 def find_dataset(name: str) -> DatasetSpec | None:
     target = _aliases().get(name.lower())
     return _registry()[target] if target else None
+
+
+def retrieval_spec(name: str, language: str = "") -> DatasetSpec:
+    """A spec for a retrieval folder that is not in the registry."""
+    return DatasetSpec(name=name, num_classes=0, metric="mean_recall", task="retrieval", title=name,
+                       language=language)
 
 
 def get_dataset(name: str) -> DatasetSpec:

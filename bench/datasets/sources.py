@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.datasets import elevater, imagefolder, wds
+from bench.datasets import elevater, imagefolder, retrieval, wds
 from bench.datasets.base import SplitData
 from bench.datasets.registry import DatasetSpec, ad_hoc_spec, find_dataset, list_datasets
 from bench.errors import BenchError
@@ -24,6 +24,7 @@ class Source:
     detect: Callable[[Path], bool]
     load: Callable[[DatasetSpec, Path, str], SplitData]
     spec_for_folder: Callable[[Path], DatasetSpec]  # for folders the registry does not know
+    task: str = "classification"  # the DatasetSpec.task of what it loads (retrieval: a RetrievalSplit)
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,19 @@ def _wds_spec(folder: Path) -> DatasetSpec:
     return ad_hoc_spec(folder.name, wds.read_classnames(folder))
 
 
-# Detection order matters: tar shards first, then numbered class folders, then named ones.
+# Detection order matters: retrieval layouts first (a retrieval webdataset is also a folder of tar shards),
+# then classification tar shards, then numbered class folders, then named ones.
 SOURCES: dict[str, Source] = {
+    "cn-clip": Source("cn-clip", "<dir>/<split>_texts.jsonl + <dir>/<split>_imgs.tsv or <split>_imgs/ "
+                      "(Chinese CLIP retrieval)", retrieval.is_cnclip_folder, retrieval.load_cnclip,
+                      retrieval.spec_for_folder, "retrieval"),
+    "wds-retrieval": Source("wds-retrieval", "<dir>/dataset_type.txt (retrieval) + <dir>/<split>/*.tar with "
+                            "image + txt captions (clip-benchmark retrieval webdataset)",
+                            retrieval.is_wds_retrieval_folder, retrieval.load_wds, retrieval.spec_for_folder,
+                            "retrieval"),
+    "captions": Source("captions", "<dir>/<split>/<image> + <dir>/<split>_captions.csv of image,caption "
+                       "(plain folder with a captions file)", retrieval.is_captions_folder,
+                       retrieval.load_captions, retrieval.spec_for_folder, "retrieval"),
     "wds": Source("wds", "<dir>/classnames.txt + <dir>/<split>/*.tar (clip-benchmark webdataset)",
                   wds.is_wds_folder, wds.load_split, _wds_spec),
     "elevater": Source("elevater", "<dir>/<split>/<class id>/<image> + label.txt/label_cn.txt (ELEVATER-CN)",
@@ -71,7 +83,8 @@ def check_not_rejected(name: str) -> None:
 
 def by_wds_name(name: str) -> DatasetSpec | None:
     wanted = name.lower().removeprefix("wds_")
-    return next((s for s in list_datasets() if s.sources.get("wds", "").lower().removeprefix("wds_") == wanted), None)
+    return next((s for s in list_datasets(task=None)
+                 if s.sources.get("wds", "").lower().removeprefix("wds_") == wanted), None)
 
 
 def detect(path: Path) -> str | None:
@@ -90,9 +103,11 @@ def locate(spec: DatasetSpec, data_root: Path, use_hub_cache: bool = True) -> Da
     """Where `spec` is: a folder under `data_root` in any source's layout, else the HF cache (wds)."""
     for name in folder_names(spec):
         source = detect(data_root / name)
-        if source is not None:
+        if source is not None and SOURCES[source].task == spec.task:
             return DatasetRef(spec, data_root / name, source)
     snapshot = wds.hub_snapshot(spec) if use_hub_cache else None
+    if snapshot and spec.task == "retrieval":
+        return DatasetRef(spec, snapshot, "wds-retrieval") if retrieval.is_wds_retrieval_folder(snapshot) else None
     return DatasetRef(spec, snapshot, "wds") if snapshot else None
 
 
@@ -103,7 +118,9 @@ def ref_for_path(path: Path) -> DatasetRef:
     if source is None:
         layouts = "; ".join(s.layout for s in SOURCES.values())
         raise BenchError(f"{path}: not a dataset folder (expected {path}/test/<class id>/<image>; layouts: {layouts})")
-    spec = find_dataset(path.name) or by_wds_name(path.name) or SOURCES[source].spec_for_folder(path)
+    spec = find_dataset(path.name) or by_wds_name(path.name)
+    if spec is None or spec.task != SOURCES[source].task:  # a folder named like a set of another kind
+        spec = SOURCES[source].spec_for_folder(path)
     return DatasetRef(spec, path, source)
 
 

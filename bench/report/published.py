@@ -22,6 +22,11 @@ METRIC_KEYS = {
     "mean_per_class": "mean_per_class",
     "11point_mAP": "11point_mAP",
     "roc_auc": "roc_auc",
+    # retrieval (results/published/*_retrieval.csv): text->image, image->text, and one direction's mean
+    **{f"{d}_r@{k}": f"{d}_r@{k}" for d in ("t2i", "i2t") for k in (1, 5, 10)},
+    "t2i_mean_recall": "t2i_mean_recall",
+    "i2t_mean_recall": "i2t_mean_recall",
+    "mean_recall": "mean_recall",
 }
 DELTA_MODES = ("show", "flag", "hide")
 

@@ -140,16 +140,17 @@ def by_task(results: list[dict], task: str) -> list[dict]:
     return [r for r in results if r.get("task") == task]
 
 
-def settings_text(r: dict) -> str:
+def settings_text(r: dict, ignore: tuple[str, ...] = ()) -> str:
     """What makes a result not the default experiment (split, limit, skipped images, language, prompts,
-    labels, protocol, precision), as shown next to its number; "" for the default experiment."""
+    labels, protocol, precision), as shown next to its number; "" for the default experiment.
+    `ignore`: identity fields left out (a split that is the published one)."""
     from bench.experiment import non_default  # late: keeps report imports light
 
     ident = r.get("experiment")
     if isinstance(ident, dict):
-        diff = dict(non_default(ident))
+        diff = {k: v for k, v in non_default(ident).items() if k not in ignore}
     else:  # results written before identities were recorded: what the file itself says
-        diff = {k: r[k] for k in ("split",) if r.get(k) not in (None, "test")}
+        diff = {k: r[k] for k in ("split",) if r.get(k) not in (None, "test") and k not in ignore}
         if r.get("limit") is not None:
             diff["limit"] = r["limit"]
     skipped = r.get("skipped_images")
@@ -269,12 +270,66 @@ def matrix_section(matrix: Matrix, published: Published, notes: Notes) -> Sectio
     return sec
 
 
+# ----------------------------------------------------------------------------- retrieval
+
+RETRIEVAL_COLUMNS = tuple(f"{d}_r@{k}" for d in ("t2i", "i2t") for k in (1, 5, 10))
+
+
+def retrieval_section(results: list[dict], published: Published, notes: Notes) -> Section | None:
+    """Models × retrieval datasets: R@1/5/10 text→image and image→text and mean recall (%)."""
+    rs = by_task(results, "retrieval")
+    if not rs:
+        return None
+    labels = row_labels(rs)
+    cells = {(labels[id(r)], r["dataset"]): r for r in rs}  # later files win, as in the matrix
+    best: dict[str, float] = {}
+    for (_, d), r in cells.items():
+        v = num(get(r, "metrics", "mean_recall"))
+        if v is not None:
+            best[d] = max(best.get(d, v), v)
+    rows, used = [], []
+    for (label, d), r in cells.items():
+        marks = tuple(dict.fromkeys(notes.mark(c) for ref in published.lookup(r["model"], d)
+                                    for c in ref.caveats if c.datasets))
+        used += marks
+        mr = num(get(r, "metrics", "mean_recall"))
+        rows.append([text_cell(label), Cell(str(d), str(d), (), marks), text_cell(r.get("split")),
+                     int_cell(r.get("n_images", r.get("n_samples"))), int_cell(r.get("n_texts")),
+                     *(pct_cell(get(r, "metrics", k)) for k in RETRIEVAL_COLUMNS),
+                     pct_cell(mr, ("best",) if mr is not None and mr == best.get(d) else ())])
+    headers = ["model", "dataset", "split", "images", "captions", "T→I R@1", "T→I R@5", "T→I R@10",
+               "I→T R@1", "I→T R@5", "I→T R@10", "mean recall"]
+    sec = Section("retrieval", "Zero-shot retrieval",
+                  "Recall at k in %: T→I, a caption finds one of its images among the k most similar images; "
+                  "I→T, an image finds one of its captions among the k most similar captions. Mean recall: the "
+                  "mean of the six; best per dataset in bold. Published numbers, where they exist, are compared "
+                  "metric for metric under “Against published numbers”.",
+                  [Table("retrieval", headers, rows)])
+    sec.notes = notes.listing(used)
+    return sec
+
+
 # ----------------------------------------------------------------------------- published references
+
+
+def published_split(r: dict) -> str:
+    """The split a dataset's published numbers use: its registry `eval_split` (MUGE: valid), else test."""
+    from bench.datasets.registry import find_dataset
+
+    spec = find_dataset(str(r.get("dataset")))
+    return (spec.eval_split if spec is not None and spec.eval_split else "") or "test"
+
+
+def comparison_settings(r: dict) -> str:
+    """Settings that make a result a different experiment from the published one: as `settings_text`, but
+    a retrieval result on the split the published numbers use (MUGE's valid) is not flagged for its split."""
+    same_split = r.get("task") == "retrieval" and r.get("split") == published_split(r)
+    return settings_text(r, ignore=("split",) if same_split else ())
 
 
 def published_section(results: list[dict], published: Published, notes: Notes) -> Section | None:
     rows, used = [], []
-    for r in by_task(results, "zeroshot"):
+    for r in [r for r in results if r.get("task") in ("zeroshot", "retrieval")]:
         for ref in published.lookup(r["model"], r["dataset"]):
             c = compare(r, ref)
             marks = tuple(notes.mark(cav) for cav in ref.caveats)
@@ -283,7 +338,7 @@ def published_section(results: list[dict], published: Published, notes: Notes) -
             delta = points_cell(c.delta, signed=True, classes=flagged)
             if c.delta is None and "not comparable" in c.flags:
                 delta = Cell("n/a", None, ("num", "flag"), title="different task: no delta")
-            settings = settings_text(r)
+            settings = comparison_settings(r)
             flags = list(c.flags)
             if settings:  # a subset, other split or other protocol is not the published experiment
                 flags.append(f"not like-for-like ({settings})")
@@ -592,6 +647,7 @@ def build_sections(results: list[dict], published: Published) -> list[Section]:
     sections = [
         summary_section(results, matrix),
         matrix_section(matrix, published, notes),
+        retrieval_section(results, published, notes),
         published_section(results, published, notes),
         side_by_side_section(matrix),
         prompts_section(results),
