@@ -18,10 +18,13 @@ ARGS    ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# clip_benchmark: the peer the parity tests compare against; its own pins (a second open_clip) do not
+# install cleanly, hence --no-deps.
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install -q --no-deps 'clip_benchmark==1.6.2'
 	@touch $(STAMP)
 
 test: install
