@@ -43,6 +43,7 @@ def load_results(run_dirs: list[Path], unreadable: list[tuple[str, str]] | None 
                 continue
             if isinstance(data, dict) and all(isinstance(data.get(k), str) for k in REQUIRED):
                 data["_file"] = str(path.relative_to(root)) if path != root else path.name
+                data["_path"] = str(path)  # where files written beside it (per-image records) are found
                 results.append(data)
     return results
 

@@ -14,6 +14,7 @@ from bench.report import charts
 from bench.report.published import Caveat, Published, compare
 
 MISSING = "—"
+NOT_SIGNIFICANT = "n.s."  # beside a matrix number not significantly different from its column's best
 
 
 # ----------------------------------------------------------------------------- view objects
@@ -224,9 +225,31 @@ def zeroshot_matrix(results: list[dict], elevater: tuple[str, ...] | None = None
     return matrix
 
 
-def matrix_section(matrix: Matrix, published: Published, notes: Notes) -> Section | None:
+def p_text(test: dict) -> str:
+    """A p-value as shown: 3 significant digits; a bootstrap p of 0 as below its resolution."""
+    p = num(test.get("p"))
+    if p is None:
+        return MISSING
+    if p == 0 and test.get("test") == "paired bootstrap" and test.get("resamples"):
+        return f"< {1 / int(test['resamples']):.2g}"
+    return f"{p:.3g}"
+
+
+def comparison_text(comp: Any) -> str:
+    """One line on a paired comparison with the column's best (a matrix cell's tooltip)."""
+    if comp.test is None:
+        return f"not paired with {comp.best}: {comp.reason}"
+    t = comp.test
+    lo, hi = (100 * num(v) for v in t["ci95"])
+    verdict = "significant" if comp.significant else "not significant"
+    return (f"vs {comp.best}: Δ {100 * t['delta']:+.1f} pts, 95% CI [{lo:+.1f}, {hi:+.1f}], {t['test']} "
+            f"p {p_text(t) if p_text(t).startswith('<') else '= ' + p_text(t)} ({verdict} at 5%)")
+
+
+def matrix_section(matrix: Matrix, published: Published, notes: Notes, paired: dict | None = None) -> Section | None:
     if not matrix.cells:
         return None
+    paired = paired or {}
     has_elevater = any(d in matrix.elevater for d in matrix.datasets)
     has_other = any(d not in matrix.elevater for d in matrix.datasets)
     headers = ["model", *matrix.datasets]
@@ -247,9 +270,17 @@ def matrix_section(matrix: Matrix, published: Published, notes: Notes) -> Sectio
             p, t = num(get(r, "metrics", "primary")), num(get(r, "metrics", "top1"))
             text = (pct(p) + ci_text(r) if r.get("metric") in (None, "accuracy")
                     else f"{pct(p)}{ci_text(r)} ({pct(t)}{ci_text(r, 'top1')})")
+            title = f"{r.get('metric', 'primary')} {pct(p)}, top-1 {pct(t)}, n={r.get('n_samples', '?')}"
+            comp = paired.get((m, d))
+            extra: tuple[str, ...] = ()
+            if comp is not None:
+                title += "; " + comparison_text(comp)
+                if comp.significant is False:
+                    text += " " + NOT_SIGNIFICANT
+                    extra = ("ns",)
             row.append(Cell(text, None if p is None else 100 * p,
-                            ("num", *(("best",) if m in matrix.best(d) else ())), tuple(dict.fromkeys(marks)),
-                            f"{r.get('metric', 'primary')} {pct(p)}, top-1 {pct(t)}, n={r.get('n_samples', '?')}"))
+                            ("num", *(("best",) if m in matrix.best(d) else ()), *extra),
+                            tuple(dict.fromkeys(marks)), title))
         if has_elevater:
             mean, n = matrix.elevater_means[m]
             cell = pct_cell(mean)
@@ -263,10 +294,42 @@ def matrix_section(matrix: Matrix, published: Published, notes: Notes) -> Sectio
              f"({'; '.join(metrics)}). " if metrics else "Accuracy in %. ")
     if any(get(r, "ci95") for r in matrix.cells.values()):
         intro += "± is half the width of the 95% bootstrap confidence interval over test images. "
-    intro += "Best per dataset in bold. ELEVATER mean: mean over the ELEVATER datasets a row has (count in parentheses)."
+    intro += "Best per dataset in bold. "
+    if any(c.test is not None for c in paired.values()):
+        intro += (f"{NOT_SIGNIFICANT}: not significantly different from the best of its column (paired test on the "
+                  "same images, p ≥ 0.05; see Paired comparisons). ")
+    intro += "ELEVATER mean: mean over the ELEVATER datasets a row has (count in parentheses)."
     sec = Section("matrix", "Zero-shot results", intro, [Table("matrix", headers, rows)])
     sec.notes = notes.listing(used)
     return sec
+
+
+def paired_section(paired: dict) -> Section | None:
+    """Every paired comparison behind the matrix's n.s. marks, with Δ, its 95% CI and p (or why not paired)."""
+    # results from before per-image records would only fill the table with "not paired" rows
+    if not any(c.test is not None or "no per-image record" not in c.reason for c in paired.values()):
+        return None
+    rows = []
+    for comp in paired.values():
+        t = comp.test
+        if t is None:
+            rows.append([text_cell(comp.dataset), text_cell(comp.row), text_cell(comp.best), Cell(MISSING),
+                         Cell(MISSING, None, ("num",)), Cell(MISSING), Cell(MISSING, None, ("num",)), Cell(MISSING),
+                         Cell(f"not paired: {comp.reason}", comp.reason, ("flag",))])
+            continue
+        lo, hi = (100 * num(v) for v in t["ci95"])
+        verdict = "significant" if comp.significant else "not significant"
+        rows.append([text_cell(comp.dataset), text_cell(comp.row), text_cell(comp.best), text_cell(t.get("metric")),
+                     points_cell(100 * t["delta"], signed=True), Cell(f"[{lo:+.1f}, {hi:+.1f}]", lo, ("num",)),
+                     Cell(p_text(t), num(t.get("p")), ("num",)), text_cell(t.get("test")),
+                     Cell(verdict, verdict, () if comp.significant else ("ns",))])
+    return Section("paired", "Paired comparisons",
+                   "Each result against the best result of its column, on the same images (same dataset, split, "
+                   "dataset fingerprint and image list). Δ = this row − the best, in points of the primary metric, "
+                   "with its 95% paired-bootstrap interval. p: McNemar's test for accuracy, the paired bootstrap for "
+                   "other metrics; significant when p < 0.05, with no correction for the number of comparisons.",
+                   [Table("paired", ["dataset", "model", "compared with", "metric", "Δ (pts)", "95% CI (pts)", "p",
+                                     "test", "verdict"], rows)])
 
 
 # ----------------------------------------------------------------------------- published references
@@ -553,11 +616,15 @@ def unreadable_section(unreadable: list[tuple[str, str]]) -> Section:
 
 def build_sections(results: list[dict], published: Published) -> list[Section]:
     """Every section that has data, in reading order."""
+    from bench.report.paired import column_comparisons  # late: reads per-image records only when needed
+
     notes = Notes()
     matrix = zeroshot_matrix(results)
+    paired = column_comparisons(matrix)
     sections = [
         summary_section(results, matrix),
-        matrix_section(matrix, published, notes),
+        matrix_section(matrix, published, notes, paired),
+        paired_section(paired),
         published_section(results, published, notes),
         side_by_side_section(matrix),
         prompts_section(results),
