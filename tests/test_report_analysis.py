@@ -139,3 +139,48 @@ def test_nasty_class_and_model_names_stay_text_in_markdown(runs, tmp_path):
     page = Cells()
     page.feed(rendered)
     assert "<b>" not in rendered and EVIL in [c for rows in page.tables.values() for row in rows for c in row]
+
+
+def test_per_class_table_worst_first_with_delta_and_escaped_names(tmp_path):
+    from report_helpers import NASTY
+
+    rng = np.random.default_rng(9)
+    t = np.repeat(np.arange(4), 50)
+    names = ["cat", NASTY, "dog", "bird"]
+    s_a = np.eye(4)[t] * 10.0
+    s_a[t == 1] = np.eye(4)[2] * 10.0  # A never gets class 1 right: it calls it class 2
+    s_a[np.flatnonzero(t == 3)[:10]] = np.eye(4)[0] * 10.0  # A gets 80% of class 3
+    s_b = np.eye(4)[t] * 10.0 + rng.standard_normal((200, 4)) * 0.01  # B gets everything right
+    zeroshot_scored(tmp_path / "runs", "a", "cifar-10", s_a, t, class_names=names)
+    zeroshot_scored(tmp_path / "runs", "b", "cifar-10", s_b, t, class_names=names)
+    _report(tmp_path / "runs", tmp_path / "out")
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    header, *rows = parse(tmp_path / "out" / "report.html").tables["per-class-0"]
+    assert header == ["index", "class", "images", "recall: b", "most confused with", "recall: a", "Δ a (pts)"]
+    assert [r[0] for r in rows] == ["0", "1", "2", "3"]  # b is perfect: ties in class order
+    rows_a = {r[0]: r for r in rows}
+    assert rows_a["1"][1] == NASTY and rows_a["1"][5] == "0.0" and rows_a["1"][6] == "-100.0"
+    assert rows_a["3"][5] == "80.0" and rows_a["3"][6] == "-20.0"
+    assert "<details" in html and NASTY not in html  # only escaped
+    # with one model, its own worst classes come first and its confusions are named
+    zeroshot_scored(tmp_path / "one", "a", "cifar-10", s_a, t, class_names=names)
+    _report(tmp_path / "one", tmp_path / "out1", "both")
+    header, *rows = parse(tmp_path / "out1" / "report.html").tables["per-class-0"]
+    assert [r[0] for r in rows] == ["1", "3", "0", "2"] and rows[0][4] == "dog"
+    md = (tmp_path / "out1" / "report.md").read_text(encoding="utf-8")
+    assert md_table(md, "| index | class | images")[0][:4] == ["1", NASTY.replace("<", "\\<").replace(">", "\\>")
+                                                         .replace("&", "&amp;"), "50", "0.0"]
+
+
+def test_per_class_table_caps_many_classes(tmp_path):
+    from bench.report.sections import PER_CLASS_ROWS
+
+    rng = np.random.default_rng(10)
+    t = rng.integers(0, 300, 3000)
+    zeroshot_scored(tmp_path / "runs", "a", "cifar-100", _scores(t, 300, 0.6, 1), t)
+    _report(tmp_path / "runs", tmp_path / "out", "html")
+    page = parse(tmp_path / "out" / "report.html")
+    header, *rows = page.tables["per-class-0"]
+    recalls = [float(r[3]) for r in rows]
+    assert len(rows) == PER_CLASS_ROWS and recalls == sorted(recalls)
+    assert f"{PER_CLASS_ROWS} worst of 300 classes shown" in (tmp_path / "out" / "report.html").read_text()

@@ -37,6 +37,7 @@ class Table:
     caption: str = ""
     sortable: bool = True
     kind: str = "table"
+    summary: str = ""  # HTML: the table is collapsed under this line (a <details> element)
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,69 @@ def paired_section(paired: dict) -> Section | None:
                                      "test", "verdict"], rows)])
 
 
+PER_CLASS_ROWS = 100  # classes shown per dataset (the worst first); the result JSON has them all
+
+
+def _per_class(r: dict) -> tuple[list, list, list, list] | None:
+    """(recall, support, confused_with, names) of a result's per-class view, or None if it has none."""
+    pc = get(r, "per_class")
+    recall = get(pc, "recall")
+    if not isinstance(recall, list) or not recall:
+        return None
+    k = len(recall)
+    names = get(r, "class_names")
+    names = names if isinstance(names, list) and len(names) == k else [str(c) for c in range(k)]
+
+    def listed(key: str) -> list:
+        v = get(pc, key)
+        return v if isinstance(v, list) and len(v) == k else [None] * k
+
+    return [num(x) for x in recall], listed("support"), listed("confused_with"), names
+
+
+def per_class_section(matrix: Matrix) -> Section | None:
+    """Per dataset, a collapsed table of per-class recall for every row that has one, the worst classes of
+    the column's best row first, with each other row's Δ against that best row."""
+    blocks = []
+    for d in matrix.datasets:
+        rows = [m for m in matrix.models if (m, d) in matrix.cells and _per_class(matrix.cells[(m, d)])]
+        if not rows:
+            continue
+        best = [m for m in rows if m in matrix.best(d)] or rows[:1]
+        ref = best[0]
+        others = [m for m in rows if m != ref]
+        views = {m: _per_class(matrix.cells[(m, d)]) for m in rows}
+        recall, support, confused, names = views[ref]
+        k = len(recall)
+        others = [m for m in others if len(views[m][0]) == k]  # another class count: not comparable per class
+        order = sorted(range(k), key=lambda c: (recall[c] is None, recall[c] if recall[c] is not None else 0, c))
+        shown = order[:PER_CLASS_ROWS]
+        headers = ["index", "class", "images", f"recall: {ref}", "most confused with",
+                   *(f"recall: {m}" for m in others), *(f"Δ {m} (pts)" for m in others)]
+        table_rows = []
+        for c in shown:
+            conf = confused[c]
+            conf_name = names[conf] if isinstance(conf, int) and 0 <= conf < k else None
+            row = [int_cell(c), text_cell(names[c]), int_cell(support[c]), pct_cell(recall[c]), text_cell(conf_name)]
+            row += [pct_cell(views[m][0][c]) for m in others]
+            for m in others:
+                a, b = views[m][0][c], recall[c]
+                row.append(points_cell(None if a is None or b is None else 100 * (a - b), signed=True))
+            table_rows.append(row)
+        differ = [m for m in others if views[m][3] != names]
+        caption = (f"{d}: recall (%) per class, worst first for {ref}"
+                   + (f"; {PER_CLASS_ROWS} worst of {k} classes shown" if k > len(shown) else "")
+                   + (f"; class names of {ref} (labels differ for {', '.join(differ)})" if differ else ""))
+        blocks.append(Table(f"per-class-{len(blocks)}", headers, table_rows, caption=caption,
+                            summary=f"{d}: {k} classes, {len(rows)} result(s)"))
+    if not blocks:
+        return None
+    return Section("per-class", "Per-class accuracy",
+                   "Recall per class (the share of a class's test images predicted as that class), for single-label "
+                   "sets. Classes are ordered worst first by the column's best result; Δ = that row − the best, in "
+                   "points. Click a dataset to open its table.", blocks)
+
+
 # ----------------------------------------------------------------------------- published references
 
 
@@ -625,6 +689,7 @@ def build_sections(results: list[dict], published: Published) -> list[Section]:
         summary_section(results, matrix),
         matrix_section(matrix, published, notes, paired),
         paired_section(paired),
+        per_class_section(matrix),
         published_section(results, published, notes),
         side_by_side_section(matrix),
         prompts_section(results),
