@@ -101,6 +101,9 @@ def zeroshot_scored(root: Path, model: str, dataset: str, scores, targets, metri
     result = json.loads(path.read_text(encoding="utf-8"))
     result["metrics"] = m
     result["n_samples"] = len(s)
+    from bench.stats import bootstrap_ci
+
+    result["ci95"] = bootstrap_ci(s, t, metric, n_boot=200)
     per_image.write_per_image(per_image_path(path), paths, rec)
     result["per_image"] = {"file": per_image_path(path).name, "format": per_image.FORMAT, "n": len(s),
                            "images": per_image.images_digest(paths, rec["targets"]), "fields": sorted(rec)}

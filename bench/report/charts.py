@@ -71,11 +71,14 @@ def grouped_bars(chart_id: str, title: str, groups: list[str], series: dict[str,
         xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
         pts = [(x, v) for x, v in zip(xs, values) if v is not None]
         if pts:
-            ax.bar([p[0] for p in pts], [p[1] for p in pts], width * 0.95, label=name,
-                   color=colours.get(name, OTHER_COLOUR), hatch=(hatches or {}).get(name), edgecolor="white")
+            bars = ax.bar([p[0] for p in pts], [p[1] for p in pts], width * 0.95, label=name,
+                          color=colours.get(name, OTHER_COLOUR), hatch=(hatches or {}).get(name), edgecolor="white")
+            # on a 0-100 axis 98.3 and 98.1 look the same: every bar carries its value
+            ax.bar_label(bars, fmt="%.1f", fontsize=6 if n > 2 else 7, rotation=90, padding=2)
     ax.set_xticks(range(len(groups)), groups, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 112)  # room for the value labels above 100
+    ax.set_yticks(range(0, 101, 20))
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.set_title(title, fontsize=10)
@@ -95,8 +98,12 @@ def boxes(chart_id: str, title: str, boxes: list[tuple[str, list[float], float |
         patch.set_alpha(0.75)
     ens = [(i + 1, b[2]) for i, b in enumerate(boxes) if b[2] is not None]
     if ens:
-        ax.scatter([e[0] for e in ens], [e[1] for e in ens], marker="D", color="black", zorder=3,
-                   label="ensemble of all templates")
+        # above the boxes, whiskers and medians (which otherwise hide it), with a white rim and its value
+        ax.scatter([e[0] for e in ens], [e[1] for e in ens], marker="D", s=46, color="black", edgecolors="white",
+                   linewidths=1.0, zorder=10, clip_on=False, label="ensemble of all templates")
+        for x, v in ens:
+            ax.annotate(f"{v:.1f}", (x, v), xytext=(8, 0), textcoords="offset points", fontsize=7, va="center",
+                        zorder=10)
         ax.legend(fontsize=8, loc="best", frameon=False)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)

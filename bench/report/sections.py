@@ -138,6 +138,17 @@ def elevater_datasets() -> tuple[str, ...]:
     return tuple(s.name for s in list_datasets(include_optional=False, include_demo=False))
 
 
+TASK_NAMES = {"zeroshot": "zero-shot", "linear_probe": "linear probe", "retrieval": "retrieval"}
+
+
+def task_name(task: Any) -> str:
+    """A task as the report names it: ``zero-shot``, ``linear probe``, ``study: prompts`` (files keep their ids)."""
+    t = str(task)
+    if t.startswith("study-"):
+        return f"study: {t.removeprefix('study-')}"
+    return TASK_NAMES.get(t, t.replace("_", " "))
+
+
 def by_task(results: list[dict], task: str) -> list[dict]:
     return [r for r in results if r.get("task") == task]
 
@@ -562,6 +573,18 @@ def labels_section(results: list[dict]) -> Section | None:
                    blocks)
 
 
+def regularization_cell(reg: Any) -> Cell:
+    """``C = 0.316`` from a probe's ``{"name", "value", "meaning"}`` (the meaning as the tooltip); other
+    mappings as ``key = value`` pairs."""
+    if not isinstance(reg, dict):
+        return text_cell(reg)
+    if "name" in reg and "value" in reg:
+        v = num(reg["value"])
+        text = f"{reg['name']} = {v:.3g}" if v is not None else f"{reg['name']} = {reg['value']}"
+        return Cell(text, v, ("num",) if v is not None else (), title=str(reg.get("meaning") or ""))
+    return text_cell(", ".join(f"{k} = {v}" for k, v in reg.items()))
+
+
 def probe_section(results: list[dict], matrix: Matrix) -> Section | None:
     probes = by_task(results, "linear_probe")
     if not probes:
@@ -585,13 +608,12 @@ def probe_section(results: list[dict], matrix: Matrix) -> Section | None:
         i = datasets.index(p["dataset"])
         series[f"{p['model']} zero-shot"][i] = None if zp is None else 100 * zp
         series[f"{p['model']} linear probe"][i] = None if lp is None else 100 * lp
-        reg = get(p, "regularization")
-        reg_text = ", ".join(f"{k}={v}" for k, v in reg.items()) if isinstance(reg, dict) else reg
+        reg_cell = regularization_cell(get(p, "regularization"))
         few = "; ".join(f"{get(f, 'k')}-shot {pct(get(f, 'mean'))}±{pct(get(f, 'std'))}"
                         for f in get(p, "few_shot", default=[]) if isinstance(f, dict))
         rows.append([text_cell(p["model"]), text_cell(p["dataset"]), pct_cell(zp), pct_cell(lp),
                      points_cell(None if zp is None or lp is None else 100 * (lp - zp), signed=True),
-                     text_cell(get(p, "implementation")), text_cell(reg_text), int_cell(get(p, "n_train")),
+                     text_cell(get(p, "implementation")), reg_cell, int_cell(get(p, "n_train")),
                      int_cell(get(p, "n_val")), text_cell(few)])
     series = {k: v for k, v in series.items() if any(x is not None for x in v)}
     chart = charts.grouped_bars("probe-vs-zeroshot", "Linear probe vs zero-shot (primary metric)", datasets, series,
@@ -634,7 +656,7 @@ def summary_section(results: list[dict], matrix: Matrix) -> Section:
         ["models", f"{len(models)}: " + ", ".join(
             f"{m} ({charts.family(m)}{', ' + langs[m] if m in langs else ''})" for m in models)],
         ["datasets", f"{len(matrix.datasets)}: {', '.join(matrix.datasets)}" if matrix.datasets else MISSING],
-        ["tasks", ", ".join(dict.fromkeys(str(r.get("task")) for r in results))],
+        ["tasks", ", ".join(dict.fromkeys(task_name(r.get("task")) for r in results))],
         ["settings", "; ".join(settings) or MISSING],
         ["when", (created[0] if len(created) == 1 or not created else f"{created[0]} … {created[-1]}") or MISSING],
         ["versions", "; ".join(f"{k} {' / '.join(v)}" + (" (differs between runs)" if len(v) > 1 else "")
@@ -645,26 +667,39 @@ def summary_section(results: list[dict], matrix: Matrix) -> Section:
                                                     sortable=False)])
 
 
-def _identity(model: Any) -> str | None:
+SHORT_ID = 12  # characters of a hash shown in the manifest; the full value is the cell's tooltip
+
+
+def _identity(model: Any) -> Cell:
+    """The model identity in short (backend, model, tag, weights hash prefix); every field in the tooltip."""
     if not isinstance(model, dict):
-        return None
-    parts = [model.get(k) for k in ("backend", "model", "pretrained", "preprocess")]
+        return Cell(MISSING)
+    parts = [model.get(k) for k in ("backend", "model", "pretrained")]
     weights = model.get("weights")
-    text = " ".join(str(p) for p in parts if p)
-    return (text + (f" weights {str(weights)[:12]}" if weights else "")) or None
+    text = " ".join(str(p) for p in parts if p) + (f" weights {str(weights)[:SHORT_ID]}" if weights else "")
+    full = "; ".join(f"{k}: {v}" for k, v in model.items() if v not in (None, ""))
+    return Cell(text or MISSING, text or None, title=full)
+
+
+def _short(value: Any) -> Cell:
+    if value in (None, ""):
+        return Cell(MISSING)
+    v = str(value)
+    return Cell(v[:SHORT_ID] + "…" if len(v) > SHORT_ID + 1 else v, v, title=v if len(v) > SHORT_ID + 1 else "")
 
 
 def manifest_section(results: list[dict]) -> Section:
     rows = []
     for r in results:
-        rows.append([text_cell(r.get("model")), text_cell(r.get("dataset")), text_cell(r.get("task")),
+        rows.append([text_cell(r.get("model")), text_cell(r.get("dataset")), text_cell(task_name(r.get("task"))),
                      text_cell(r.get("split")), text_cell(r.get("language")), text_cell(r.get("prompts")),
                      text_cell(r.get("labels")), int_cell(r.get("n_samples")), text_cell(r.get("metric")),
-                     text_cell(_identity(get(r, "manifest", "model", default={}))),
-                     text_cell(get(r, "manifest", "dataset", "fingerprint")),
+                     _identity(get(r, "manifest", "model", default={})),
+                     _short(get(r, "manifest", "dataset", "fingerprint")),
                      text_cell(get(r, "manifest", "created")), text_cell(get(r, "manifest", "device")),
                      text_cell(r.get("_file"))])
-    return Section("manifest", "Run manifest", "Every result file the report read.",
+    return Section("manifest", "Run manifest", "Every result file the report read. Hashes are shortened; hover "
+                   "a cell for the full value (the preprocessing transform is in the model identity's tooltip).",
                    [Table("runs", ["model", "dataset", "task", "split", "language", "prompts", "labels", "n", "metric",
                                    "model identity", "data fingerprint", "created", "device", "file"], rows)])
 
