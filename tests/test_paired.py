@@ -152,3 +152,53 @@ def test_run_writes_per_image_record_and_per_class(bench_cli, cache_dir, digits_
     assert sum(result["per_class"]["support"]) == 120
     weighted = sum(r * n for r, n in zip(result["per_class"]["recall"], result["per_class"]["support"]))
     assert weighted / 120 == pytest.approx(result["metrics"]["top1"])
+
+
+def test_studies_flag_a_worse_prompt_set_and_not_an_equal_one():
+    import torch
+
+    from bench.studies import compute
+
+    rng = np.random.default_rng(11)
+    classes, dim, n = 5, 16, 600
+    mu = rng.standard_normal((classes, dim))
+    t = rng.integers(0, classes, n)
+    features = torch.tensor(mu[t] + 1.2 * rng.standard_normal((n, dim)), dtype=torch.float32)
+    good = torch.tensor(mu[:, None, :] + 0.05 * rng.standard_normal((classes, 2, dim)), dtype=torch.float32)
+    # a deliberately worse set: its prompts point mostly away from their class
+    bad = torch.tensor(0.4 * mu[:, None, :] + rng.standard_normal((classes, 2, dim)), dtype=torch.float32)
+    lg, lb = compute.ensemble_logits(features, good), compute.ensemble_logits(features, bad)
+    assert compute.evaluate(features, good, t, "accuracy")["top1"] == pytest.approx((lg.argmax(1) == t).mean())
+    worse = compute.paired(lb, lg, t, "accuracy")
+    assert worse["delta"] < 0 and worse["p"] < stats.SIGNIFICANCE and worse["ci95"][1] < 0
+    same = compute.paired(lg, compute.ensemble_logits(features, good.clone()), t, "accuracy")
+    assert same["delta"] == 0.0 and same["p"] == 1.0
+
+
+def test_sets_study_records_paired_tests_and_report_shows_them(bench_cli, cache_dir, digits_root, tmp_path):
+    import yaml
+
+    from bench.report import build_report
+    from bench.report.published import load_published
+
+    sets = []
+    for name in ("set-a", "set-a-again"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"name": name, "language": "zh", "templates": ["一张数字{{ label }}的照片。"]},
+                                       allow_unicode=True), encoding="utf-8")
+        sets.append(path)
+    out = tmp_path / "study"
+    code, _, err = bench_cli("study", "sets", "--model", "demo", "--dataset", "digits", "--data-root", digits_root,
+                             "--cache-dir", cache_dir, "--out", out, "--workers", "0", "--limit", "60",
+                             "--no-progress", "--sets", *sets)
+    assert code == 0, err
+    study = json.loads((out / "demo" / "digits" / "study-sets.json").read_text(encoding="utf-8"))
+    assert study["sets"][0]["paired"] is None  # the first set is what the others are compared with
+    same = study["sets"][1]["paired"]
+    assert same["delta"] == 0.0 and same["p"] == 1.0 and same["test"].startswith("McNemar")
+    assert study["union"]["paired"]["p"] == 1.0  # the union of two identical sets is the same classifier
+    build_report([out], tmp_path / "report", "html", published=load_published(tmp_path / "none"))
+    from test_report import parse
+
+    rows = parse(tmp_path / "report" / "report.html").tables["prompt-sets"][1:]
+    assert [r[8] for r in rows] == ["—", "not significant", "not significant"]

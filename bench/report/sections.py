@@ -12,6 +12,7 @@ from typing import Any
 
 from bench.report import charts
 from bench.report.published import Caveat, Published, compare
+from bench.stats import SIGNIFICANCE
 
 MISSING = "—"
 NOT_SIGNIFICANT = "n.s."  # beside a matrix number not significantly different from its column's best
@@ -493,6 +494,19 @@ def prompts_section(results: list[dict]) -> Section | None:
                    "ensembled. Greedy: templates added while the validation score improved, scored on test.", blocks)
 
 
+def study_paired_cells(test: Any) -> list[Cell]:
+    """[p, verdict] of a study's recorded paired test (``bench.stats.paired_compare``); "—" without one."""
+    if not isinstance(test, dict) or num(test.get("p")) is None:
+        return [Cell(MISSING, None, ("num",)), Cell(MISSING)]
+    sig = num(test["p"]) < SIGNIFICANCE
+    verdict = "significant" if sig else "not significant"
+    ci = test.get("ci95")
+    title = f"{test.get('test', 'paired test')}" + (
+        f"; Δ 95% CI [{100 * num(ci[0]):+.1f}, {100 * num(ci[1]):+.1f}] pts"
+        if isinstance(ci, list) and len(ci) == 2 and num(ci[0]) is not None and num(ci[1]) is not None else "")
+    return [Cell(p_text(test), num(test["p"]), ("num",), title=title), Cell(verdict, verdict, () if sig else ("ns",))]
+
+
 def sets_section(results: list[dict]) -> Section | None:
     studies = by_task(results, "study-sets")
     rows = []
@@ -503,13 +517,19 @@ def sets_section(results: list[dict]) -> Section | None:
         best = max((num(get(e, "primary")) or -1 for e in entries), default=None)
         for e in entries:
             p = num(get(e, "primary"))
+            d = num(get(e, "delta"))
             rows.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(e, "name")),
                          int_cell(get(e, "n_templates")),
-                         pct_cell(p, ("best",) if p is not None and p == best else ()), pct_cell(get(e, "top1"))])
+                         pct_cell(p, ("best",) if p is not None and p == best else ()), pct_cell(get(e, "top1")),
+                         points_cell(None if d is None or e is entries[0] else 100 * d, signed=True),
+                         *study_paired_cells(get(e, "paired"))])
     if not rows:
         return None
-    return Section("prompt-sets", "Prompt sets compared", "Primary metric and top-1 (%) per prompt set; best in bold.",
-                   [Table("prompt-sets", ["model", "dataset", "prompt set", "templates", "primary", "top-1"], rows)])
+    return Section("prompt-sets", "Prompt sets compared",
+                   "Primary metric and top-1 (%) per prompt set; best in bold. Δ: against the first set, in points; "
+                   "p: paired test on the same images (McNemar for accuracy, paired bootstrap otherwise).",
+                   [Table("prompt-sets", ["model", "dataset", "prompt set", "templates", "primary", "top-1",
+                                          "Δ vs first (pts)", "p", "verdict"], rows)])
 
 
 def negation_section(results: list[dict]) -> Section | None:
@@ -552,7 +572,8 @@ def labels_section(results: list[dict]) -> Section | None:
                         text_cell(get(s, "variant")), pct_cell(get(s, "primary", "baseline")),
                         pct_cell(get(s, "primary", "variant")),
                         points_cell(None if num(get(s, "primary", "delta")) is None
-                                    else 100 * num(get(s, "primary", "delta")), signed=True)])
+                                    else 100 * num(get(s, "primary", "delta")), signed=True),
+                        *study_paired_cells(get(s, "paired"))])
         per_class = get(s, "top_movers") or sorted(get(s, "per_class", default=[]),
                                                    key=lambda c: -abs(num(get(c, "delta")) or 0))[:20]
         for c in per_class:
@@ -565,7 +586,7 @@ def labels_section(results: list[dict]) -> Section | None:
     if not summary:
         return None
     blocks = [Table("label-variants", ["model", "dataset", "baseline labels", "variant", "baseline", "variant score",
-                                       "Δ (pts)"], summary)]
+                                       "Δ (pts)", "p", "verdict"], summary)]
     if movers:
         blocks.append(Table("label-movers", ["model", "dataset", "index", "class", "baseline", "variant", "Δ (pts)"],
                             movers, caption="Classes whose recall moved most (%)"))
