@@ -162,12 +162,14 @@ def test_per_class_table_worst_first_with_delta_and_escaped_names(tmp_path):
     assert rows_a["1"][1] == NASTY and rows_a["1"][5] == "0.0" and rows_a["1"][6] == "-100.0"
     assert rows_a["3"][5] == "80.0" and rows_a["3"][6] == "-20.0"
     assert "<details" in html and NASTY not in html  # only escaped
+    assert 'id="chart-confusion-0"' in html  # 4 classes: a confusion heat map of the best row
     # with one model, its own worst classes come first and its confusions are named
     zeroshot_scored(tmp_path / "one", "a", "cifar-10", s_a, t, class_names=names)
     _report(tmp_path / "one", tmp_path / "out1", "both")
     header, *rows = parse(tmp_path / "out1" / "report.html").tables["per-class-0"]
     assert [r[0] for r in rows] == ["1", "3", "0", "2"] and rows[0][4] == "dog"
     md = (tmp_path / "out1" / "report.md").read_text(encoding="utf-8")
+    assert (tmp_path / "out1" / "charts" / "confusion-0.png").read_bytes()[:4] == b"\x89PNG"
     assert md_table(md, "| index | class | images")[0][:4] == ["1", NASTY.replace("<", "\\<").replace(">", "\\>")
                                                          .replace("&", "&amp;"), "50", "0.0"]
 
@@ -183,4 +185,19 @@ def test_per_class_table_caps_many_classes(tmp_path):
     header, *rows = page.tables["per-class-0"]
     recalls = [float(r[3]) for r in rows]
     assert len(rows) == PER_CLASS_ROWS and recalls == sorted(recalls)
-    assert f"{PER_CLASS_ROWS} worst of 300 classes shown" in (tmp_path / "out" / "report.html").read_text()
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert f"{PER_CLASS_ROWS} worst of 300 classes shown" in html and "chart-confusion" not in html  # too many
+
+
+def test_heatmap_draws_dollar_labels_as_text():
+    from bench.report import charts
+
+    chart = charts.heatmap("c", "t", [[3, 1], [0, 4]], ["$\\nosuchmacro$", "$5 bill"])  # mathtext would fail
+    assert chart.png[:4] == b"\x89PNG"
+
+
+def test_heatmap_of_chinese_names_uses_indices(recwarn):
+    from bench.report import charts
+
+    charts.heatmap("c", "t", [[3, 1], [0, 4]], ["零", "一"])
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]  # no missing-glyph boxes

@@ -110,3 +110,30 @@ def boxes(chart_id: str, title: str, boxes: list[tuple[str, list[float], float |
     ax.set_axisbelow(True)
     ax.set_title(title, fontsize=10)
     return Chart(chart_id, title, f"{title}: " + ", ".join(b[0] for b in boxes), _png(fig))
+
+
+def heatmap(chart_id: str, title: str, matrix: list[list[int]], labels: list[str]) -> Chart:
+    """A confusion matrix (rows true, columns predicted) as a heat map of row shares, counts in the cells."""
+    import numpy as np
+
+    cm = np.asarray(matrix, dtype=np.float64)
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    k = cm.shape[0]
+    size = max(3.5, 0.42 * k + 1.5)
+    fig, ax = _figure(size, size)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    # the bundled font has no CJK glyphs: non-ASCII names would draw as boxes, so those sets show class indices
+    # (the per-class table beside the chart names them); "$" would start matplotlib mathtext
+    ascii_names = all(str(x).isascii() for x in labels)
+    ticks = [str(x)[:18].replace("$", r"\$") if ascii_names else str(i) for i, x in enumerate(labels)]
+    ax.set_xticks(range(k), ticks, rotation=90, fontsize=7)
+    ax.set_yticks(range(k), ticks, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=6,
+                        color="white" if share[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=10)
+    return Chart(chart_id, title, f"{title}: confusion matrix over {k} classes", _png(fig))

@@ -15,7 +15,7 @@ from bench import stats
 from bench.experiment import per_image_path
 from bench.per_image import read_per_image
 
-__all__ = ["Comparison", "column_comparisons", "pairing_problem"]
+__all__ = ["Comparison", "column_comparisons", "pairing_problem", "read_record"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +112,8 @@ def column_comparisons(matrix, n_boot: int = stats.DEFAULT_BOOTSTRAP) -> dict[tu
                         reason = f"cannot be compared: {exc}"
             out[(m, d)] = Comparison(d, m, ref, test, reason)
     return out
+
+
+def read_record(result: dict) -> dict | None:
+    """A result's per-image record, or None when it has none or it cannot be read."""
+    return _Records().get(result)[0]

@@ -46,6 +46,7 @@ class Figure:
     chart: charts.Chart
     caption: str = ""
     kind: str = "chart"
+    summary: str = ""  # HTML: the chart is collapsed under this line (a <details> element)
 
 
 @dataclass
@@ -346,6 +347,23 @@ def paired_section(paired: dict) -> Section | None:
 
 
 PER_CLASS_ROWS = 100  # classes shown per dataset (the worst first); the result JSON has them all
+HEATMAP_CLASSES = 20  # a confusion heat map is drawn for sets with at most this many classes
+
+
+def confusion_from_record(r: dict, k: int) -> list[list[int]] | None:
+    """The full confusion matrix of a single-label result from its per-image record (None without one)."""
+    from bench.report.paired import read_record
+
+    rec = read_record(r)
+    if rec is None or "prediction" not in rec or rec["targets"].ndim != 1:
+        return None
+    t, p = rec["targets"].astype(int), rec["prediction"].astype(int)
+    if t.size == 0 or t.max() >= k or p.max() >= k or min(t.min(), p.min()) < 0:
+        return None
+    out = [[0] * k for _ in range(k)]
+    for a, b in zip(t.tolist(), p.tolist()):
+        out[a][b] += 1
+    return out
 
 
 def _per_class(r: dict) -> tuple[list, list, list, list] | None:
@@ -398,8 +416,14 @@ def per_class_section(matrix: Matrix) -> Section | None:
         caption = (f"{d}: recall (%) per class, worst first for {ref}"
                    + (f"; {PER_CLASS_ROWS} worst of {k} classes shown" if k > len(shown) else "")
                    + (f"; class names of {ref} (labels differ for {', '.join(differ)})" if differ else ""))
-        blocks.append(Table(f"per-class-{len(blocks)}", headers, table_rows, caption=caption,
+        n_tables = sum(isinstance(b, Table) for b in blocks)
+        blocks.append(Table(f"per-class-{n_tables}", headers, table_rows, caption=caption,
                             summary=f"{d}: {k} classes, {len(rows)} result(s)"))
+        cm = confusion_from_record(matrix.cells[(ref, d)], k) if k <= HEATMAP_CLASSES else None
+        if cm is not None:
+            blocks.append(Figure(charts.heatmap(f"confusion-{n_tables}", f"{d}: confusions of {ref}", cm, names),
+                                 caption=f"{d}: confusion matrix of {ref} (rows: true class, shaded by row share)",
+                                 summary=f"{d}: confusion matrix of {ref}"))
     if not blocks:
         return None
     return Section("per-class", "Per-class accuracy",
