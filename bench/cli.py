@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="HTML + Markdown report from result JSON")
     report.add_argument("runs", nargs="*", type=Path, default=[Path("results/runs")])
     report.add_argument("--out", type=Path, default=Path("results/report"))
-    report.add_argument("--format", choices=["md", "html", "both"], default="both")
+    report.add_argument("--format", choices=["md", "html", "both", "csv", "parquet"], default="both",
+                        help="md, html or both (the report); csv or parquet: results.<format>, one row per "
+                             "result × metric (as `bench export csv`)")
     report.add_argument("--published", type=Path, default=None,
                         help="folder of published reference CSVs (default: results/published in the repo)")
     report.set_defaults(func=cmd_report)
@@ -229,6 +231,14 @@ def cmd_protocols_list(args) -> int:
 def cmd_report(args) -> int:
     from bench.report import build_report
 
+    if args.format in ("csv", "parquet"):
+        from bench.export import result_rows, write_table
+
+        rows = result_rows(args.runs)
+        if not rows:
+            raise BenchError(f"no result with metrics under {', '.join(map(str, args.runs))}")
+        print(f"wrote {write_table(rows, args.out / f'results.{args.format}', args.format)} ({len(rows)} rows)")
+        return 0
     paths = build_report(args.runs, args.out, args.format, published_dir=args.published)
     for p in paths:
         print(f"wrote {p}")

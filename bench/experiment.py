@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.cache import atomic_write_json, file_sha256
 
-__all__ = ["DEFAULTS", "experiment", "logits_path", "non_default", "result_stem", "update_index"]
+__all__ = ["DEFAULTS", "experiment", "logits_path", "non_default", "per_image_path", "result_stem", "update_index"]
 
 # The value each identity field has in the default experiment (None: "whatever the model's default is").
 DEFAULTS: dict[str, Any] = {
@@ -128,6 +128,12 @@ def logits_path(result_path: Path) -> Path:
     """``<result stem>.logits.npz`` beside a result file: the scores its metrics saw (``--save-logits``)."""
     result_path = Path(result_path)
     return result_path.with_name(result_path.name.removesuffix(".json") + ".logits.npz")
+
+
+def per_image_path(result_path: Path) -> Path:
+    """``<result stem>.per_image.npz`` beside a result file: per-image correctness (``bench.per_image``)."""
+    result_path = Path(result_path)
+    return result_path.with_name(result_path.name.removesuffix(".json") + ".per_image.npz")
 
 
 def update_index(folder: Path, filename: str, ident: dict) -> None:

@@ -1,4 +1,7 @@
-"""`bench export elevater-submission`: the ELEVATER leaderboard's submission files from saved scores.
+"""`bench export csv|parquet`: every result as a tidy table; `bench export elevater-submission`: the ELEVATER
+leaderboard's submission files from saved scores.
+
+The tidy table has one row per result × metric (columns ``TABLE_COLUMNS``, docs/analysis.md#tidy-export).
 
 The format is the one the ELEVATER toolkit defines (Elevater_Toolkit_IC `submission_file_readme.md`,
 `vision_benchmark/commands/zeroshot.py --save-predictions`, `commands/prepare_submit.py` and the
@@ -27,7 +30,8 @@ from bench.cache import atomic_write_bytes
 from bench.errors import BenchError
 from bench.experiment import logits_path
 
-__all__ = ["collect_runs", "register_cli", "submission_entry", "write_submission"]
+__all__ = ["TABLE_COLUMNS", "collect_runs", "load_results", "register_cli", "result_rows", "submission_entry",
+           "write_submission", "write_table"]
 
 PRECISION = 6  # decimals, as the toolkit's json_prec_dump
 
@@ -133,6 +137,121 @@ def write_submission(results: list[Path], out: Path, *, model_name: str | None =
     return written
 
 
+# ----------------------------------------------------------------------------- the tidy table
+
+TABLE_COLUMNS = ("model", "dataset", "task", "split", "protocol", "precision", "language", "prompts", "labels",
+                 "n", "metric", "value", "ci_low", "ci_high", "primary_metric", "limit", "settings", "experiment",
+                 "created", "file")
+_FLOATS = ("value", "ci_low", "ci_high")
+_INTS = ("n", "limit")
+TABLE_FORMATS = ("csv", "parquet")
+
+
+def _number(x: Any) -> float | None:
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def result_rows(runs: list[Path]) -> list[dict]:
+    """One dict per result × metric (keys ``TABLE_COLUMNS``) from every result JSON under ``runs``.
+
+    Results with a ``metrics`` mapping (zero-shot, linear probe) give a row per numeric metric; a metric that
+    is null (top-5 on a set of 5 classes or fewer) gives none. Values and interval bounds are fractions in
+    [0, 1], as in the result JSON. A file that cannot be read or parsed is skipped with a warning naming it."""
+    from bench.report import load_results as load_result_files
+    from bench.report.sections import settings_text
+
+    rows = []
+    for r in load_result_files(list(map(Path, runs))):
+        metrics = r.get("metrics")
+        if not isinstance(metrics, dict):
+            continue
+        ci = r.get("ci95") if isinstance(r.get("ci95"), dict) else {}
+        ident = r.get("experiment") if isinstance(r.get("experiment"), dict) else {}
+        manifest = r.get("manifest") if isinstance(r.get("manifest"), dict) else {}
+        base = {"model": r["model"], "dataset": r["dataset"], "task": r["task"], "split": r.get("split"),
+                "protocol": r.get("protocol"), "precision": r.get("precision"), "language": r.get("language"),
+                "prompts": r.get("prompts"), "labels": r.get("labels"), "n": r.get("n_samples"),
+                "primary_metric": r.get("metric"), "limit": r.get("limit"), "settings": settings_text(r),
+                "experiment": ident.get("id"), "created": manifest.get("created"), "file": r.get("_path")}
+        for name, value in metrics.items():
+            v = _number(value)
+            if v is None:
+                continue
+            bounds = ci.get(name)
+            lo, hi = (bounds if isinstance(bounds, (list, tuple)) and len(bounds) == 2 else (None, None))
+            rows.append({**base, "metric": name, "value": v, "ci_low": _number(lo), "ci_high": _number(hi)})
+    for row in rows:
+        for k in _INTS:
+            row[k] = None if _number(row[k]) is None else int(row[k])
+        for k in TABLE_COLUMNS:
+            if k not in _FLOATS and k not in _INTS and row[k] is not None:
+                row[k] = str(row[k])
+    return [{k: row[k] for k in TABLE_COLUMNS} for row in rows]
+
+
+def load_results(runs: list[Path] | Path) -> Any:
+    """Every result under ``runs`` as a pandas DataFrame, one row per result × metric (``result_rows``).
+
+    Always a DataFrame (pandas is required; ``result_rows`` gives the same rows as dicts without it)."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise BenchError("bench.load_results returns a pandas DataFrame: pip install pandas "
+                         "(or use bench.result_rows for a list of dicts)") from None
+    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    frame = pd.DataFrame(result_rows(runs), columns=list(TABLE_COLUMNS))
+    for k in _FLOATS:
+        frame[k] = frame[k].astype("float64")
+    for k in _INTS:
+        frame[k] = frame[k].astype("Int64")
+    return frame
+
+
+def write_table(rows: list[dict], out: Path, fmt: str) -> Path:
+    """Write the rows as CSV (UTF-8, empty cell for a missing value) or Parquet, atomically."""
+    out = Path(out)
+    if fmt == "csv":
+        import csv
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(TABLE_COLUMNS), lineterminator="\n")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: "" if v is None else v for k, v in row.items()})  # str(float) round-trips
+        data = buf.getvalue().encode("utf-8")
+    elif fmt == "parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise BenchError("parquet export needs pyarrow: pip install pyarrow (or export csv)") from None
+        types = {k: pa.float64() if k in _FLOATS else pa.int64() if k in _INTS else pa.string() for k in TABLE_COLUMNS}
+        table = pa.table({k: pa.array([r[k] for r in rows], type=types[k]) for k in TABLE_COLUMNS})
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        data = sink.getvalue()
+    else:
+        raise BenchError(f"table format must be one of {', '.join(TABLE_FORMATS)}, got '{fmt}'")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, data)
+    return out
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    rows = result_rows(args.runs)
+    if not rows:
+        raise BenchError(f"no result with metrics under {', '.join(map(str, args.runs))} "
+                         "(expected <model>/<dataset>/<task>.json files from `bench run`)")
+    path = write_table(rows, args.out, args.export)
+    print(f"wrote {path} ({len(rows)} rows)")
+    return 0
+
+
 def _cmd_elevater_submission(args: argparse.Namespace) -> int:
     params = {"num_params": args.num_params, "num_visual_params": args.num_visual_params,
               "num_backbone_params": args.num_backbone_params}
@@ -146,6 +265,12 @@ def register_cli(subparsers) -> None:
     """`bench export elevater-submission RUNS --out DIR`."""
     export = subparsers.add_parser("export", help="export saved runs for other tools")
     sub = export.add_subparsers(dest="export", required=True, metavar="FORMAT")
+    for fmt in TABLE_FORMATS:
+        t = sub.add_parser(fmt, help=f"every result as a tidy {fmt} table: one row per result × metric"
+                           + (" (needs pyarrow)" if fmt == "parquet" else ""))
+        t.add_argument("runs", nargs="+", type=Path, metavar="RUNS", help="result JSONs or runs folders")
+        t.add_argument("--out", type=Path, required=True, help=f"the .{fmt} file to write")
+        t.set_defaults(func=_cmd_table)
     p = sub.add_parser("elevater-submission",
                        help="the ELEVATER leaderboard's prediction files from runs saved with --save-logits")
     p.add_argument("runs", nargs="+", type=Path, metavar="RUNS", help="result JSONs or runs folders")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import __version__, distributed, probe, protocols, stats
+from bench import __version__, distributed, per_image, probe, protocols, stats
 from bench.backends import load_backend
 from bench.backends.base import Backend, resolve_device
 from bench.cache import FeatureCache, TextCache, atomic_write_bytes, atomic_write_json, check_writable, content_key
@@ -28,7 +28,7 @@ from bench.datasets.registry import DatasetSpec, get_dataset, list_datasets
 from bench.datasets.retrieval import RetrievalSplit
 from bench.datasets.sources import DatasetRef
 from bench.errors import BenchError
-from bench.experiment import experiment, logits_path, result_stem, update_index
+from bench.experiment import experiment, logits_path, per_image_path, result_stem, update_index
 from bench.features import ImageFeatures, image_features, text_embeddings
 from bench.knowledge import KnowledgeConfig, load_knowledge
 from bench.labels import Labels, resolve_labels
@@ -368,6 +368,7 @@ class Runner:
             "prompts_language_source": getattr(ps, "language_source", "file"),
             "labels": labels.description,
             "label_variant": labels.variant,
+            "class_names": list(labels.names),
             "n_samples": int(feats.indices.numel()),
             "n_classes": ref.spec.num_classes,
             "n_templates": len(ps.templates_for(ref.spec.name)),
@@ -606,11 +607,26 @@ class Runner:
                 t = data.targets[i]
                 w.writerow([data.paths[i], t if isinstance(t, int) else ";".join(map(str, t)), int(preds[row])])
             atomic_write_bytes(folder / f"{stem}.predictions.csv", buf.getvalue().encode("utf-8"))
+        paths = [data.paths[i] for i in indices.tolist()]
         if self.opts.save_logits:
-            write_logits(logits_path(folder / f"{stem}.json"), logits, targets,
-                         [data.paths[i] for i in indices.tolist()])
+            write_logits(logits_path(folder / f"{stem}.json"), logits, targets, paths)
+        self.write_per_image(result, folder / f"{stem}.json", logits, targets, paths)
         atomic_write_json(folder / f"{stem}.json", result)
         update_index(folder, f"{stem}.json", ident)
+
+    @staticmethod
+    def write_per_image(result: dict, result_path: Path, logits: np.ndarray, targets: np.ndarray,
+                        paths: list[str]) -> None:
+        """Write ``<stem>.per_image.npz`` (what paired tests need) and record it, with the per-class view of
+        single-label sets, in the result (docs/results.md)."""
+        rec = per_image.record(logits, targets, result["metric"])
+        out = per_image_path(result_path)
+        per_image.write_per_image(out, paths, rec)
+        result["per_image"] = {"file": out.name, "format": per_image.FORMAT, "n": len(paths),
+                               "images": per_image.images_digest(paths, rec["targets"]),
+                               "fields": sorted(["paths", *rec])}
+        if rec["targets"].ndim == 1:
+            result["per_class"] = per_image.per_class_summary(rec["targets"], rec["prediction"], logits.shape[1])
 
 
 def elevater_id(dataset: str) -> str:

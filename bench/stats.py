@@ -21,8 +21,8 @@ import numpy as np
 
 from bench.metrics import _as_scores, _as_targets, _ranked, get_metric
 
-__all__ = ["DEFAULT_BOOTSTRAP", "RANKING_BOOTSTRAP", "RANKING_CHUNK", "bootstrap_ci", "bootstrap_top1", "percentile_ci",
-           "ranking_resamples"]
+__all__ = ["DEFAULT_BOOTSTRAP", "RANKING_BOOTSTRAP", "RANKING_CHUNK", "SIGNIFICANCE", "bootstrap_ci", "bootstrap_top1",
+           "mcnemar", "paired_bootstrap", "paired_compare", "percentile_ci", "ranking_resamples"]
 
 DEFAULT_BOOTSTRAP = 1000
 # ROC-AUC and 11-point mAP replicates cost a pass over every image per class: at most this many (VOC-2007's
@@ -77,13 +77,13 @@ def _outcomes(s: np.ndarray, t: np.ndarray, multilabel: bool) -> np.ndarray:
 
 
 def _cell_replicates(key: np.ndarray, outcome: np.ndarray, n_boot: int, stratified: bool,
-                     rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap counts ``[B, K, 3]`` of images per (key, outcome) cell.
+                     rng: np.random.Generator, n_outcomes: int = 3) -> np.ndarray:
+    """Bootstrap counts ``[B, K, n_outcomes]`` of images per (key, outcome) cell.
 
     Unstratified: key totals ~ Multinomial(N, n_k / N), then outcomes within each key ~ Multinomial(n_k*, p_k),
     which factorises the joint multinomial over all cells. Stratified: key totals stay n_k."""
     keys, inv = np.unique(key, return_inverse=True)
-    counts = np.zeros((len(keys), 3), dtype=np.int64)
+    counts = np.zeros((len(keys), n_outcomes), dtype=np.int64)
     np.add.at(counts, (inv, outcome), 1)
     n_k = counts.sum(axis=1)
     if stratified:
@@ -260,3 +260,83 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int =
     reps = (cells[:, 0] - cells[:, 1]) / n
     p = min(1.0, 2.0 * min((reps <= 0).mean(), (reps >= 0).mean()))
     return {"delta": float(delta), "ci95": percentile_ci(reps, level), "p": float(p)}
+
+
+SIGNIFICANCE = 0.05  # a paired difference with p below this is reported as significant
+
+
+def _two_sided_p(reps: np.ndarray) -> float:
+    """Twice the smaller share of replicates on either side of 0 (at most 1), NaN replicates ignored."""
+    r = np.asarray(reps, dtype=np.float64)
+    r = r[~np.isnan(r)]
+    if r.size == 0:
+        return float("nan")
+    return float(min(1.0, 2.0 * min((r <= 0).mean(), (r >= 0).mean())))
+
+
+def _paired_mean_per_class(ca: np.ndarray, cb: np.ndarray, t: np.ndarray, n_boot: int,
+                           rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    outcome = 2 * ca.astype(np.int64) + cb.astype(np.int64)  # 3: both right, 2: only A, 1: only B, 0: neither
+    keys = np.unique(t)
+    delta = float(np.mean([ca[t == k].mean() - cb[t == k].mean() for k in keys]))
+    cells = _cell_replicates(t, outcome, n_boot, stratified=False, rng=rng, n_outcomes=4)
+    totals = cells.sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = np.where(totals > 0, (cells[:, :, 2] - cells[:, :, 1]) / totals, np.nan)
+        return delta, np.nanmean(diff, axis=1)
+
+
+def _paired_ranking(name: str, sa: np.ndarray, sb: np.ndarray, t: np.ndarray, n_boot: int,
+                    seed: int) -> tuple[float, np.ndarray]:
+    multilabel = t.ndim == 2
+    strata = _strata(t, multilabel, binary=not multilabel and name == "roc_auc")
+    # the same seed draws the same resampling weights for both: that is what pairs the replicates
+    reps_a = _ranking_replicates(name, sa, t, strata, n_boot, np.random.default_rng(seed))
+    reps_b = _ranking_replicates(name, sb, t, strata, n_boot, np.random.default_rng(seed))
+    ones = np.ones((1, t.shape[0]), dtype=np.int64)
+    if name == "roc_auc":
+        point = [_weighted_auc(s, t, ones)[0] for s in (sa, sb)]
+    else:
+        onehot = t if multilabel else np.eye(sa.shape[1], dtype=np.int64)[t]
+        point = [_weighted_11pt_map(s, onehot, ones)[0] for s in (sa, sb)]
+    return float(point[0] - point[1]), reps_a - reps_b
+
+
+def paired_compare(a: dict, b: dict, metric: str, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0,
+                   level: float = 0.95) -> dict:
+    """Paired test of result A against result B on the same images, from their per-image records
+    (``bench.per_image.record``): ``{"metric", "delta" (A − B), "ci95", "p", "test", "resamples", ...}``.
+
+    The metric compared is the dataset's primary one. Accuracy: McNemar's test gives ``p`` (``b``/``c``: images
+    only A / only B gets right) and the paired bootstrap the interval. Mean-per-class accuracy, ROC-AUC and
+    11-point mAP: a paired bootstrap (both results scored on the same resampled images) gives interval and
+    two-sided ``p``. ValueError when the records do not hold the same images' targets or lack a field."""
+    ta, tb = np.asarray(a["targets"]), np.asarray(b["targets"])
+    if ta.shape != tb.shape or not np.array_equal(ta, tb):
+        raise ValueError("the two per-image records do not have the same targets: not the same images")
+    ca, cb = np.asarray(a["correct"], dtype=bool), np.asarray(b["correct"], dtype=bool)
+    if metric == "accuracy":
+        mc = mcnemar(ca, cb)
+        pb = paired_bootstrap(ca, cb, n_boot=n_boot, seed=seed, level=level)
+        return {"metric": metric, "delta": pb["delta"], "ci95": pb["ci95"], "p": mc["p"],
+                "test": f"McNemar ({'exact binomial' if mc['test'] == 'exact' else 'chi-square'})",
+                "b": mc["b"], "c": mc["c"], "resamples": n_boot}
+    rng = np.random.default_rng(seed)
+    if metric == "mean_per_class":
+        if ta.ndim != 1:
+            raise ValueError("mean-per-class accuracy needs single-label targets")
+        delta, reps = _paired_mean_per_class(ca, cb, ta, n_boot, rng)
+        n = n_boot
+    elif metric in ("roc_auc", "11point_mAP"):
+        if "scores" not in a or "scores" not in b:
+            raise ValueError(f"{metric} needs the per-image scores, which one of the records lacks")
+        n = ranking_resamples(n_boot)
+        delta, reps = _paired_ranking(metric, np.asarray(a["scores"], dtype=np.float64),
+                                      np.asarray(b["scores"], dtype=np.float64), ta, n, seed)
+    else:
+        raise ValueError(f"no paired test for metric {metric!r}")
+    if np.all(reps == 0) and delta == 0:
+        return {"metric": metric, "delta": 0.0, "ci95": [0.0, 0.0], "p": 1.0, "test": "paired bootstrap",
+                "resamples": n}
+    return {"metric": metric, "delta": delta, "ci95": percentile_ci(reps, level), "p": _two_sided_p(reps),
+            "test": "paired bootstrap", "resamples": n}

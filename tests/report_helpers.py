@@ -79,3 +79,35 @@ def full_runs(root: Path) -> Path:
         "n_train": 500, "n_val": 100, "few_shot": [{"k": 5, "seeds": [0, 1, 2], "scores": [0.6, 0.62, 0.64],
                                                      "mean": 0.62, "std": 0.016}]})
     return root
+
+
+def zeroshot_scored(root: Path, model: str, dataset: str, scores, targets, metric: str = "accuracy",
+                    class_names: list[str] | None = None, paths: list[str] | None = None, **extra) -> Path:
+    """A zero-shot result whose metrics, per-image record and per-class view all come from `scores`, as a run
+    writes them (runner.Runner.write_per_image), so paired tests and per-class tables have real data."""
+    import numpy as np
+
+    from bench import per_image
+    from bench.experiment import per_image_path
+    from bench.metrics import compute_metrics
+
+    s, t = np.asarray(scores, dtype=np.float64), np.asarray(targets)
+    m = compute_metrics(s, t, metric)
+    paths = paths or [f"{i % s.shape[1]}/{i}.png" for i in range(len(s))]
+    rec = per_image.record(s, t, metric)
+    path = zeroshot(root, model, dataset, m["primary"], top1=m["top1"], metric=metric,
+                    mean_per_class=m.get("mean_per_class"), n_samples=len(s), n_classes=s.shape[1],
+                    class_names=class_names or [f"class {c}" for c in range(s.shape[1])], **extra)
+    result = json.loads(path.read_text(encoding="utf-8"))
+    result["metrics"] = m
+    result["n_samples"] = len(s)
+    from bench.stats import bootstrap_ci
+
+    result["ci95"] = bootstrap_ci(s, t, metric, n_boot=200)
+    per_image.write_per_image(per_image_path(path), paths, rec)
+    result["per_image"] = {"file": per_image_path(path).name, "format": per_image.FORMAT, "n": len(s),
+                           "images": per_image.images_digest(paths, rec["targets"]), "fields": sorted(rec)}
+    if t.ndim == 1:
+        result["per_class"] = per_image.per_class_summary(t, rec["prediction"], s.shape[1])
+    path.write_text(json.dumps(result, ensure_ascii=False), encoding="utf-8")
+    return path

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from report_helpers import NASTY, full_runs
+from report_helpers import NASTY, full_runs, zeroshot_scored
 
 from bench.report import build_report
 from bench.report.published import load_published
@@ -154,3 +154,44 @@ def test_print_layout(page):
     assert page.eval_on_selector("#matrix th", "th => getComputedStyle(th, '::after').content") in ('""', "none")
     pdf = page.pdf(format="A4")
     assert pdf.startswith(b"%PDF") and len(pdf) > 20_000
+
+
+@pytest.fixture(scope="module")
+def analysis_report(tmp_path_factory) -> Path:
+    """Many datasets, long model names, per-class tables and paired comparisons: the widest page we make."""
+    root = tmp_path_factory.mktemp("browser-analysis")
+    runs = full_runs(root / "runs")
+    rng = np.random.default_rng(0)
+    for d in ("caltech-101", "cifar-100", "country211", "dtd", "fer-2013", "fgvc-aircraft", "food-101", "gtsrb",
+              "mnist", "oxford-flowers-102", "oxford-iiit-pets", "resisc-45", "stanford-cars", "rendered-sst2"):
+        t = rng.integers(0, 12, 300)
+        for i, model in enumerate(("my-org/a-rather-long-model-name-vit-h14-336px", "openai/vit-l14-336")):
+            s = rng.standard_normal((300, 12))
+            right = rng.random(300) < 0.6 + 0.1 * i
+            s[right, t[right]] += 10
+            zeroshot_scored(runs, model, d, s, t, class_names=[f"{NASTY} {c}" for c in range(12)])
+    build_report([runs], root / "out", fmt="html", published=load_published(REPO / "results" / "published"))
+    return root / "out" / "report.html"
+
+
+def test_analysis_views_fit_1280_px_and_show_ci_and_per_class(browser, analysis_report, tmp_path):
+    pg = browser.new_page()
+    try:
+        pg.goto(analysis_report.as_uri(), wait_until="load")
+        assert pg.evaluate("window.innerWidth") == 1280
+        assert pg.evaluate("document.documentElement.scrollWidth") <= 1280  # wide tables scroll inside their box
+        assert "±" in pg.locator("#matrix").inner_text()
+        assert pg.locator("table#paired tbody tr").count() >= 14
+        details = pg.locator("#sec-per-class details")
+        assert details.count() >= 14 and not pg.locator("#per-class-0").is_visible()  # collapsed until opened
+        details.first.locator("summary").click()
+        assert pg.locator("#per-class-0").is_visible()
+        assert NASTY in pg.locator("#per-class-0").inner_text()  # class names stay text
+        assert pg.evaluate("document.documentElement.scrollWidth") <= 1280
+        png = pg.screenshot(full_page=True)
+        out = Path(os.environ.get("BENCH_SCREENSHOT_DIR", tmp_path)) / "report-analysis.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(png)
+        assert pg.locator("script").count() == 1
+    finally:
+        pg.close()

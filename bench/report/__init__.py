@@ -43,11 +43,20 @@ def load_results(run_dirs: list[Path], unreadable: list[tuple[str, str]] | None 
                 continue
             if isinstance(data, dict) and all(isinstance(data.get(k), str) for k in REQUIRED):
                 data["_file"] = str(path.relative_to(root)) if path != root else path.name
+                data["_path"] = str(path)  # where files written beside it (per-image records) are found
                 results.append(data)
     return results
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
+
+
+def report_title(results: list[dict]) -> str:
+    """``bench report · <date>``: the date (UTC) of the newest result, so the page and its tab say how current
+    the numbers are and rebuilding from the same files gives the same page."""
+    dates = sorted(str(c)[:10] for c in (r.get("manifest", {}).get("created") if isinstance(r.get("manifest"), dict)
+                                         else None for r in results) if isinstance(c, str) and len(c) >= 10)
+    return f"bench report · {dates[-1]}" if dates else "bench report"
 
 
 def md_escape(value: object) -> str:
@@ -81,7 +90,7 @@ def build_report(run_dirs: list[Path], out: Path, fmt: str = "both", published_d
     if unreadable:
         sections.insert(0, unreadable_section(unreadable))
     charts = [b.chart for s in sections for b in s.blocks if isinstance(b, Figure)]
-    ctx = {"sections": sections, "title": "bench report"}
+    ctx = {"sections": sections, "title": report_title(results)}
     out = Path(out)
     written = []
     if fmt in ("md", "both"):

@@ -71,11 +71,14 @@ def grouped_bars(chart_id: str, title: str, groups: list[str], series: dict[str,
         xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
         pts = [(x, v) for x, v in zip(xs, values) if v is not None]
         if pts:
-            ax.bar([p[0] for p in pts], [p[1] for p in pts], width * 0.95, label=name,
-                   color=colours.get(name, OTHER_COLOUR), hatch=(hatches or {}).get(name), edgecolor="white")
+            bars = ax.bar([p[0] for p in pts], [p[1] for p in pts], width * 0.95, label=name,
+                          color=colours.get(name, OTHER_COLOUR), hatch=(hatches or {}).get(name), edgecolor="white")
+            # on a 0-100 axis 98.3 and 98.1 look the same: every bar carries its value
+            ax.bar_label(bars, fmt="%.1f", fontsize=6 if n > 2 else 7, rotation=90, padding=2)
     ax.set_xticks(range(len(groups)), groups, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 112)  # room for the value labels above 100
+    ax.set_yticks(range(0, 101, 20))
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.set_title(title, fontsize=10)
@@ -95,11 +98,42 @@ def boxes(chart_id: str, title: str, boxes: list[tuple[str, list[float], float |
         patch.set_alpha(0.75)
     ens = [(i + 1, b[2]) for i, b in enumerate(boxes) if b[2] is not None]
     if ens:
-        ax.scatter([e[0] for e in ens], [e[1] for e in ens], marker="D", color="black", zorder=3,
-                   label="ensemble of all templates")
+        # above the boxes, whiskers and medians (which otherwise hide it), with a white rim and its value
+        ax.scatter([e[0] for e in ens], [e[1] for e in ens], marker="D", s=46, color="black", edgecolors="white",
+                   linewidths=1.0, zorder=10, clip_on=False, label="ensemble of all templates")
+        for x, v in ens:
+            ax.annotate(f"{v:.1f}", (x, v), xytext=(8, 0), textcoords="offset points", fontsize=7, va="center",
+                        zorder=10)
         ax.legend(fontsize=8, loc="best", frameon=False)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.set_title(title, fontsize=10)
     return Chart(chart_id, title, f"{title}: " + ", ".join(b[0] for b in boxes), _png(fig))
+
+
+def heatmap(chart_id: str, title: str, matrix: list[list[int]], labels: list[str]) -> Chart:
+    """A confusion matrix (rows true, columns predicted) as a heat map of row shares, counts in the cells."""
+    import numpy as np
+
+    cm = np.asarray(matrix, dtype=np.float64)
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    k = cm.shape[0]
+    size = max(3.5, 0.42 * k + 1.5)
+    fig, ax = _figure(size, size)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    # the bundled font has no CJK glyphs: non-ASCII names would draw as boxes, so those sets show class indices
+    # (the per-class table beside the chart names them); "$" would start matplotlib mathtext
+    ascii_names = all(str(x).isascii() for x in labels)
+    ticks = [str(x)[:18].replace("$", r"\$") if ascii_names else str(i) for i, x in enumerate(labels)]
+    ax.set_xticks(range(k), ticks, rotation=90, fontsize=7)
+    ax.set_yticks(range(k), ticks, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=6,
+                        color="white" if share[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=10)
+    return Chart(chart_id, title, f"{title}: confusion matrix over {k} classes", _png(fig))

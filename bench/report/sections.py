@@ -12,8 +12,10 @@ from typing import Any
 
 from bench.report import charts
 from bench.report.published import Caveat, Published, compare
+from bench.stats import SIGNIFICANCE
 
 MISSING = "—"
+NOT_SIGNIFICANT = "n.s."  # beside a matrix number not significantly different from its column's best
 
 
 # ----------------------------------------------------------------------------- view objects
@@ -36,6 +38,7 @@ class Table:
     caption: str = ""
     sortable: bool = True
     kind: str = "table"
+    summary: str = ""  # HTML: the table is collapsed under this line (a <details> element)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Figure:
     chart: charts.Chart
     caption: str = ""
     kind: str = "chart"
+    summary: str = ""  # HTML: the chart is collapsed under this line (a <details> element)
 
 
 @dataclass
@@ -136,6 +140,17 @@ def elevater_datasets() -> tuple[str, ...]:
     return tuple(s.name for s in list_datasets(include_optional=False, include_demo=False))
 
 
+TASK_NAMES = {"zeroshot": "zero-shot", "linear_probe": "linear probe", "retrieval": "retrieval"}
+
+
+def task_name(task: Any) -> str:
+    """A task as the report names it: ``zero-shot``, ``linear probe``, ``study: prompts`` (files keep their ids)."""
+    t = str(task)
+    if t.startswith("study-"):
+        return f"study: {t.removeprefix('study-')}"
+    return TASK_NAMES.get(t, t.replace("_", " "))
+
+
 def by_task(results: list[dict], task: str) -> list[dict]:
     return [r for r in results if r.get("task") == task]
 
@@ -225,9 +240,31 @@ def zeroshot_matrix(results: list[dict], elevater: tuple[str, ...] | None = None
     return matrix
 
 
-def matrix_section(matrix: Matrix, published: Published, notes: Notes) -> Section | None:
+def p_text(test: dict) -> str:
+    """A p-value as shown: 3 significant digits; a bootstrap p of 0 as below its resolution."""
+    p = num(test.get("p"))
+    if p is None:
+        return MISSING
+    if p == 0 and test.get("test") == "paired bootstrap" and test.get("resamples"):
+        return f"< {1 / int(test['resamples']):.2g}"
+    return f"{p:.3g}"
+
+
+def comparison_text(comp: Any) -> str:
+    """One line on a paired comparison with the column's best (a matrix cell's tooltip)."""
+    if comp.test is None:
+        return f"not paired with {comp.best}: {comp.reason}"
+    t = comp.test
+    lo, hi = (100 * num(v) for v in t["ci95"])
+    verdict = "significant" if comp.significant else "not significant"
+    return (f"vs {comp.best}: Δ {100 * t['delta']:+.1f} pts, 95% CI [{lo:+.1f}, {hi:+.1f}], {t['test']} "
+            f"p {p_text(t) if p_text(t).startswith('<') else '= ' + p_text(t)} ({verdict} at 5%)")
+
+
+def matrix_section(matrix: Matrix, published: Published, notes: Notes, paired: dict | None = None) -> Section | None:
     if not matrix.cells:
         return None
+    paired = paired or {}
     has_elevater = any(d in matrix.elevater for d in matrix.datasets)
     has_other = any(d not in matrix.elevater for d in matrix.datasets)
     headers = ["model", *matrix.datasets]
@@ -248,9 +285,17 @@ def matrix_section(matrix: Matrix, published: Published, notes: Notes) -> Sectio
             p, t = num(get(r, "metrics", "primary")), num(get(r, "metrics", "top1"))
             text = (pct(p) + ci_text(r) if r.get("metric") in (None, "accuracy")
                     else f"{pct(p)}{ci_text(r)} ({pct(t)}{ci_text(r, 'top1')})")
+            title = f"{r.get('metric', 'primary')} {pct(p)}, top-1 {pct(t)}, n={r.get('n_samples', '?')}"
+            comp = paired.get((m, d))
+            extra: tuple[str, ...] = ()
+            if comp is not None:
+                title += "; " + comparison_text(comp)
+                if comp.significant is False:
+                    text += " " + NOT_SIGNIFICANT
+                    extra = ("ns",)
             row.append(Cell(text, None if p is None else 100 * p,
-                            ("num", *(("best",) if m in matrix.best(d) else ())), tuple(dict.fromkeys(marks)),
-                            f"{r.get('metric', 'primary')} {pct(p)}, top-1 {pct(t)}, n={r.get('n_samples', '?')}"))
+                            ("num", *(("best",) if m in matrix.best(d) else ()), *extra),
+                            tuple(dict.fromkeys(marks)), title))
         if has_elevater:
             mean, n = matrix.elevater_means[m]
             cell = pct_cell(mean)
@@ -264,7 +309,11 @@ def matrix_section(matrix: Matrix, published: Published, notes: Notes) -> Sectio
              f"({'; '.join(metrics)}). " if metrics else "Accuracy in %. ")
     if any(get(r, "ci95") for r in matrix.cells.values()):
         intro += "± is half the width of the 95% bootstrap confidence interval over test images. "
-    intro += "Best per dataset in bold. ELEVATER mean: mean over the ELEVATER datasets a row has (count in parentheses)."
+    intro += "Best per dataset in bold. "
+    if any(c.test is not None for c in paired.values()):
+        intro += (f"{NOT_SIGNIFICANT}: not significantly different from the best of its column (paired test on the "
+                  "same images, p ≥ 0.05; see Paired comparisons). ")
+    intro += "ELEVATER mean: mean over the ELEVATER datasets a row has (count in parentheses)."
     sec = Section("matrix", "Zero-shot results", intro, [Table("matrix", headers, rows)])
     sec.notes = notes.listing(used)
     return sec
@@ -307,6 +356,120 @@ def retrieval_section(results: list[dict], published: Published, notes: Notes) -
                   [Table("retrieval", headers, rows)])
     sec.notes = notes.listing(used)
     return sec
+
+
+def paired_section(paired: dict) -> Section | None:
+    """Every paired comparison behind the matrix's n.s. marks, with Δ, its 95% CI and p (or why not paired)."""
+    # results from before per-image records would only fill the table with "not paired" rows
+    if not any(c.test is not None or "no per-image record" not in c.reason for c in paired.values()):
+        return None
+    rows = []
+    for comp in paired.values():
+        t = comp.test
+        if t is None:
+            rows.append([text_cell(comp.dataset), text_cell(comp.row), text_cell(comp.best), Cell(MISSING),
+                         Cell(MISSING, None, ("num",)), Cell(MISSING), Cell(MISSING, None, ("num",)), Cell(MISSING),
+                         Cell(f"not paired: {comp.reason}", comp.reason, ("flag",))])
+            continue
+        lo, hi = (100 * num(v) for v in t["ci95"])
+        verdict = "significant" if comp.significant else "not significant"
+        rows.append([text_cell(comp.dataset), text_cell(comp.row), text_cell(comp.best), text_cell(t.get("metric")),
+                     points_cell(100 * t["delta"], signed=True), Cell(f"[{lo:+.1f}, {hi:+.1f}]", lo, ("num",)),
+                     Cell(p_text(t), num(t.get("p")), ("num",)), text_cell(t.get("test")),
+                     Cell(verdict, verdict, () if comp.significant else ("ns",))])
+    return Section("paired", "Paired comparisons",
+                   "Each result against the best result of its column, on the same images (same dataset, split, "
+                   "dataset fingerprint and image list). Δ = this row − the best, in points of the primary metric, "
+                   "with its 95% paired-bootstrap interval. p: McNemar's test for accuracy, the paired bootstrap for "
+                   "other metrics; significant when p < 0.05, with no correction for the number of comparisons.",
+                   [Table("paired", ["dataset", "model", "compared with", "metric", "Δ (pts)", "95% CI (pts)", "p",
+                                     "test", "verdict"], rows)])
+
+
+PER_CLASS_ROWS = 100  # classes shown per dataset (the worst first); the result JSON has them all
+HEATMAP_CLASSES = 20  # a confusion heat map is drawn for sets with at most this many classes
+
+
+def confusion_from_record(r: dict, k: int) -> list[list[int]] | None:
+    """The full confusion matrix of a single-label result from its per-image record (None without one)."""
+    from bench.report.paired import read_record
+
+    rec = read_record(r)
+    if rec is None or "prediction" not in rec or rec["targets"].ndim != 1:
+        return None
+    t, p = rec["targets"].astype(int), rec["prediction"].astype(int)
+    if t.size == 0 or t.max() >= k or p.max() >= k or min(t.min(), p.min()) < 0:
+        return None
+    out = [[0] * k for _ in range(k)]
+    for a, b in zip(t.tolist(), p.tolist()):
+        out[a][b] += 1
+    return out
+
+
+def _per_class(r: dict) -> tuple[list, list, list, list] | None:
+    """(recall, support, confused_with, names) of a result's per-class view, or None if it has none."""
+    pc = get(r, "per_class")
+    recall = get(pc, "recall")
+    if not isinstance(recall, list) or not recall:
+        return None
+    k = len(recall)
+    names = get(r, "class_names")
+    names = names if isinstance(names, list) and len(names) == k else [str(c) for c in range(k)]
+
+    def listed(key: str) -> list:
+        v = get(pc, key)
+        return v if isinstance(v, list) and len(v) == k else [None] * k
+
+    return [num(x) for x in recall], listed("support"), listed("confused_with"), names
+
+
+def per_class_section(matrix: Matrix) -> Section | None:
+    """Per dataset, a collapsed table of per-class recall for every row that has one, the worst classes of
+    the column's best row first, with each other row's Δ against that best row."""
+    blocks = []
+    for d in matrix.datasets:
+        rows = [m for m in matrix.models if (m, d) in matrix.cells and _per_class(matrix.cells[(m, d)])]
+        if not rows:
+            continue
+        best = [m for m in rows if m in matrix.best(d)] or rows[:1]
+        ref = best[0]
+        others = [m for m in rows if m != ref]
+        views = {m: _per_class(matrix.cells[(m, d)]) for m in rows}
+        recall, support, confused, names = views[ref]
+        k = len(recall)
+        others = [m for m in others if len(views[m][0]) == k]  # another class count: not comparable per class
+        order = sorted(range(k), key=lambda c: (recall[c] is None, recall[c] if recall[c] is not None else 0, c))
+        shown = order[:PER_CLASS_ROWS]
+        headers = ["index", "class", "images", f"recall: {ref}", "most confused with",
+                   *(f"recall: {m}" for m in others), *(f"Δ {m} (pts)" for m in others)]
+        table_rows = []
+        for c in shown:
+            conf = confused[c]
+            conf_name = names[conf] if isinstance(conf, int) and 0 <= conf < k else None
+            row = [int_cell(c), text_cell(names[c]), int_cell(support[c]), pct_cell(recall[c]), text_cell(conf_name)]
+            row += [pct_cell(views[m][0][c]) for m in others]
+            for m in others:
+                a, b = views[m][0][c], recall[c]
+                row.append(points_cell(None if a is None or b is None else 100 * (a - b), signed=True))
+            table_rows.append(row)
+        differ = [m for m in others if views[m][3] != names]
+        caption = (f"{d}: recall (%) per class, worst first for {ref}"
+                   + (f"; {PER_CLASS_ROWS} worst of {k} classes shown" if k > len(shown) else "")
+                   + (f"; class names of {ref} (labels differ for {', '.join(differ)})" if differ else ""))
+        n_tables = sum(isinstance(b, Table) for b in blocks)
+        blocks.append(Table(f"per-class-{n_tables}", headers, table_rows, caption=caption,
+                            summary=f"{d}: {k} classes, {len(rows)} result(s)"))
+        cm = confusion_from_record(matrix.cells[(ref, d)], k) if k <= HEATMAP_CLASSES else None
+        if cm is not None:
+            blocks.append(Figure(charts.heatmap(f"confusion-{n_tables}", f"{d}: confusions of {ref}", cm, names),
+                                 caption=f"{d}: confusion matrix of {ref} (rows: true class, shaded by row share)",
+                                 summary=f"{d}: confusion matrix of {ref}"))
+    if not blocks:
+        return None
+    return Section("per-class", "Per-class accuracy",
+                   "Recall per class (the share of a class's test images predicted as that class), for single-label "
+                   "sets. Classes are ordered worst first by the column's best result; Δ = that row − the best, in "
+                   "points. Click a dataset to open its table.", blocks)
 
 
 # ----------------------------------------------------------------------------- published references
@@ -410,6 +573,19 @@ def prompts_section(results: list[dict]) -> Section | None:
                    "ensembled. Greedy: templates added while the validation score improved, scored on test.", blocks)
 
 
+def study_paired_cells(test: Any) -> list[Cell]:
+    """[p, verdict] of a study's recorded paired test (``bench.stats.paired_compare``); "—" without one."""
+    if not isinstance(test, dict) or num(test.get("p")) is None:
+        return [Cell(MISSING, None, ("num",)), Cell(MISSING)]
+    sig = num(test["p"]) < SIGNIFICANCE
+    verdict = "significant" if sig else "not significant"
+    ci = test.get("ci95")
+    title = f"{test.get('test', 'paired test')}" + (
+        f"; Δ 95% CI [{100 * num(ci[0]):+.1f}, {100 * num(ci[1]):+.1f}] pts"
+        if isinstance(ci, list) and len(ci) == 2 and num(ci[0]) is not None and num(ci[1]) is not None else "")
+    return [Cell(p_text(test), num(test["p"]), ("num",), title=title), Cell(verdict, verdict, () if sig else ("ns",))]
+
+
 def sets_section(results: list[dict]) -> Section | None:
     studies = by_task(results, "study-sets")
     rows = []
@@ -420,13 +596,19 @@ def sets_section(results: list[dict]) -> Section | None:
         best = max((num(get(e, "primary")) or -1 for e in entries), default=None)
         for e in entries:
             p = num(get(e, "primary"))
+            d = num(get(e, "delta"))
             rows.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(e, "name")),
                          int_cell(get(e, "n_templates")),
-                         pct_cell(p, ("best",) if p is not None and p == best else ()), pct_cell(get(e, "top1"))])
+                         pct_cell(p, ("best",) if p is not None and p == best else ()), pct_cell(get(e, "top1")),
+                         points_cell(None if d is None or e is entries[0] else 100 * d, signed=True),
+                         *study_paired_cells(get(e, "paired"))])
     if not rows:
         return None
-    return Section("prompt-sets", "Prompt sets compared", "Primary metric and top-1 (%) per prompt set; best in bold.",
-                   [Table("prompt-sets", ["model", "dataset", "prompt set", "templates", "primary", "top-1"], rows)])
+    return Section("prompt-sets", "Prompt sets compared",
+                   "Primary metric and top-1 (%) per prompt set; best in bold. Δ: against the first set, in points; "
+                   "p: paired test on the same images (McNemar for accuracy, paired bootstrap otherwise).",
+                   [Table("prompt-sets", ["model", "dataset", "prompt set", "templates", "primary", "top-1",
+                                          "Δ vs first (pts)", "p", "verdict"], rows)])
 
 
 def negation_section(results: list[dict]) -> Section | None:
@@ -469,7 +651,8 @@ def labels_section(results: list[dict]) -> Section | None:
                         text_cell(get(s, "variant")), pct_cell(get(s, "primary", "baseline")),
                         pct_cell(get(s, "primary", "variant")),
                         points_cell(None if num(get(s, "primary", "delta")) is None
-                                    else 100 * num(get(s, "primary", "delta")), signed=True)])
+                                    else 100 * num(get(s, "primary", "delta")), signed=True),
+                        *study_paired_cells(get(s, "paired"))])
         per_class = get(s, "top_movers") or sorted(get(s, "per_class", default=[]),
                                                    key=lambda c: -abs(num(get(c, "delta")) or 0))[:20]
         for c in per_class:
@@ -482,7 +665,7 @@ def labels_section(results: list[dict]) -> Section | None:
     if not summary:
         return None
     blocks = [Table("label-variants", ["model", "dataset", "baseline labels", "variant", "baseline", "variant score",
-                                       "Δ (pts)"], summary)]
+                                       "Δ (pts)", "p", "verdict"], summary)]
     if movers:
         blocks.append(Table("label-movers", ["model", "dataset", "index", "class", "baseline", "variant", "Δ (pts)"],
                             movers, caption="Classes whose recall moved most (%)"))
@@ -524,6 +707,18 @@ def knowledge_section(results: list[dict]) -> Section | None:
                    "same cached image features (docs/knowledge.md). McNemar p: top-1 of the arm vs plain.", blocks)
 
 
+def regularization_cell(reg: Any) -> Cell:
+    """``C = 0.316`` from a probe's ``{"name", "value", "meaning"}`` (the meaning as the tooltip); other
+    mappings as ``key = value`` pairs."""
+    if not isinstance(reg, dict):
+        return text_cell(reg)
+    if "name" in reg and "value" in reg:
+        v = num(reg["value"])
+        text = f"{reg['name']} = {v:.3g}" if v is not None else f"{reg['name']} = {reg['value']}"
+        return Cell(text, v, ("num",) if v is not None else (), title=str(reg.get("meaning") or ""))
+    return text_cell(", ".join(f"{k} = {v}" for k, v in reg.items()))
+
+
 def probe_section(results: list[dict], matrix: Matrix) -> Section | None:
     probes = by_task(results, "linear_probe")
     if not probes:
@@ -547,13 +742,12 @@ def probe_section(results: list[dict], matrix: Matrix) -> Section | None:
         i = datasets.index(p["dataset"])
         series[f"{p['model']} zero-shot"][i] = None if zp is None else 100 * zp
         series[f"{p['model']} linear probe"][i] = None if lp is None else 100 * lp
-        reg = get(p, "regularization")
-        reg_text = ", ".join(f"{k}={v}" for k, v in reg.items()) if isinstance(reg, dict) else reg
+        reg_cell = regularization_cell(get(p, "regularization"))
         few = "; ".join(f"{get(f, 'k')}-shot {pct(get(f, 'mean'))}±{pct(get(f, 'std'))}"
                         for f in get(p, "few_shot", default=[]) if isinstance(f, dict))
         rows.append([text_cell(p["model"]), text_cell(p["dataset"]), pct_cell(zp), pct_cell(lp),
                      points_cell(None if zp is None or lp is None else 100 * (lp - zp), signed=True),
-                     text_cell(get(p, "implementation")), text_cell(reg_text), int_cell(get(p, "n_train")),
+                     text_cell(get(p, "implementation")), reg_cell, int_cell(get(p, "n_train")),
                      int_cell(get(p, "n_val")), text_cell(few)])
     series = {k: v for k, v in series.items() if any(x is not None for x in v)}
     chart = charts.grouped_bars("probe-vs-zeroshot", "Linear probe vs zero-shot (primary metric)", datasets, series,
@@ -596,7 +790,7 @@ def summary_section(results: list[dict], matrix: Matrix) -> Section:
         ["models", f"{len(models)}: " + ", ".join(
             f"{m} ({charts.family(m)}{', ' + langs[m] if m in langs else ''})" for m in models)],
         ["datasets", f"{len(matrix.datasets)}: {', '.join(matrix.datasets)}" if matrix.datasets else MISSING],
-        ["tasks", ", ".join(dict.fromkeys(str(r.get("task")) for r in results))],
+        ["tasks", ", ".join(dict.fromkeys(task_name(r.get("task")) for r in results))],
         ["settings", "; ".join(settings) or MISSING],
         ["when", (created[0] if len(created) == 1 or not created else f"{created[0]} … {created[-1]}") or MISSING],
         ["versions", "; ".join(f"{k} {' / '.join(v)}" + (" (differs between runs)" if len(v) > 1 else "")
@@ -607,26 +801,39 @@ def summary_section(results: list[dict], matrix: Matrix) -> Section:
                                                     sortable=False)])
 
 
-def _identity(model: Any) -> str | None:
+SHORT_ID = 12  # characters of a hash shown in the manifest; the full value is the cell's tooltip
+
+
+def _identity(model: Any) -> Cell:
+    """The model identity in short (backend, model, tag, weights hash prefix); every field in the tooltip."""
     if not isinstance(model, dict):
-        return None
-    parts = [model.get(k) for k in ("backend", "model", "pretrained", "preprocess")]
+        return Cell(MISSING)
+    parts = [model.get(k) for k in ("backend", "model", "pretrained")]
     weights = model.get("weights")
-    text = " ".join(str(p) for p in parts if p)
-    return (text + (f" weights {str(weights)[:12]}" if weights else "")) or None
+    text = " ".join(str(p) for p in parts if p) + (f" weights {str(weights)[:SHORT_ID]}" if weights else "")
+    full = "; ".join(f"{k}: {v}" for k, v in model.items() if v not in (None, ""))
+    return Cell(text or MISSING, text or None, title=full)
+
+
+def _short(value: Any) -> Cell:
+    if value in (None, ""):
+        return Cell(MISSING)
+    v = str(value)
+    return Cell(v[:SHORT_ID] + "…" if len(v) > SHORT_ID + 1 else v, v, title=v if len(v) > SHORT_ID + 1 else "")
 
 
 def manifest_section(results: list[dict]) -> Section:
     rows = []
     for r in results:
-        rows.append([text_cell(r.get("model")), text_cell(r.get("dataset")), text_cell(r.get("task")),
+        rows.append([text_cell(r.get("model")), text_cell(r.get("dataset")), text_cell(task_name(r.get("task"))),
                      text_cell(r.get("split")), text_cell(r.get("language")), text_cell(r.get("prompts")),
                      text_cell(r.get("labels")), int_cell(r.get("n_samples")), text_cell(r.get("metric")),
-                     text_cell(_identity(get(r, "manifest", "model", default={}))),
-                     text_cell(get(r, "manifest", "dataset", "fingerprint")),
+                     _identity(get(r, "manifest", "model", default={})),
+                     _short(get(r, "manifest", "dataset", "fingerprint")),
                      text_cell(get(r, "manifest", "created")), text_cell(get(r, "manifest", "device")),
                      text_cell(r.get("_file"))])
-    return Section("manifest", "Run manifest", "Every result file the report read.",
+    return Section("manifest", "Run manifest", "Every result file the report read. Hashes are shortened; hover "
+                   "a cell for the full value (the preprocessing transform is in the model identity's tooltip).",
                    [Table("runs", ["model", "dataset", "task", "split", "language", "prompts", "labels", "n", "metric",
                                    "model identity", "data fingerprint", "created", "device", "file"], rows)])
 
@@ -642,12 +849,17 @@ def unreadable_section(unreadable: list[tuple[str, str]]) -> Section:
 
 def build_sections(results: list[dict], published: Published) -> list[Section]:
     """Every section that has data, in reading order."""
+    from bench.report.paired import column_comparisons  # late: reads per-image records only when needed
+
     notes = Notes()
     matrix = zeroshot_matrix(results)
+    paired = column_comparisons(matrix)
     sections = [
         summary_section(results, matrix),
-        matrix_section(matrix, published, notes),
+        matrix_section(matrix, published, notes, paired),
         retrieval_section(results, published, notes),
+        paired_section(paired),
+        per_class_section(matrix),
         published_section(results, published, notes),
         side_by_side_section(matrix),
         prompts_section(results),

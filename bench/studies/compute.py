@@ -18,6 +18,21 @@ def evaluate(features: torch.Tensor, per_prompt: torch.Tensor, targets: np.ndarr
     return compute_metrics(logits, targets, metric)
 
 
+def ensemble_logits(features: torch.Tensor, per_prompt: torch.Tensor) -> np.ndarray:
+    """[N, C] logits of the ensemble of `per_prompt` [C, T, D] (what `evaluate` scores)."""
+    return scores(features, class_embeddings(per_prompt)).numpy()
+
+
+def paired(logits_a: np.ndarray, logits_b: np.ndarray, targets: np.ndarray, metric: str, n_boot: int = 1000,
+           seed: int = 0) -> dict:
+    """Paired test of classifier A against B on the same images (``bench.stats.paired_compare``): Δ = A − B in
+    the primary metric, its 95% CI, p and the test used (McNemar for accuracy, paired bootstrap otherwise)."""
+    from bench import per_image, stats
+
+    return stats.paired_compare(per_image.record(logits_a, targets, metric),
+                                per_image.record(logits_b, targets, metric), metric, n_boot=n_boot, seed=seed)
+
+
 def predictions(features: torch.Tensor, per_prompt: torch.Tensor) -> np.ndarray:
     """Argmax class per image for the ensemble of `per_prompt` [C, T, D]."""
     return scores(features, class_embeddings(per_prompt)).argmax(dim=1).numpy()

@@ -161,6 +161,11 @@ def prompts_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, greedy: bool =
     rk = compute.ranks(primaries)
     ensemble = compute.evaluate(test.features, per_prompt, test.targets, metric)
     picks = compute.best_median_worst(templates, primaries)
+    ens_logits = compute.ensemble_logits(test.features, per_prompt)
+    single_logits = compute.template_logits(test.features, per_prompt)
+    for v in picks.values():  # a template against the ensemble, paired on the same images
+        v["paired"] = compute.paired(np.ascontiguousarray(single_logits[:, :, v["index"]]), ens_logits, test.targets,
+                                     metric)
     result_greedy = None
     found = validation_data(ref, st.opts.split, val_fraction, seed, st.opts.limit) if greedy else None
     greedy_note = None
@@ -187,7 +192,8 @@ def prompts_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, greedy: bool =
         "ensemble": {"primary": ensemble["primary"], "top1": ensemble["top1"]},
         "summary": compute.distribution(primaries),
         **{k: {"template": v["template"], "primary": v["primary"],
-               "ensemble_minus": ensemble["primary"] - v["primary"]} for k, v in picks.items()},
+               "ensemble_minus": ensemble["primary"] - v["primary"], "vs_ensemble": v["paired"]}
+           for k, v in picks.items()},
         "greedy": result_greedy,
         "greedy_skipped": greedy_note,
     }
@@ -202,27 +208,33 @@ def sets_study(st: Study, spec: ModelSpec, ref: DatasetRef, sets: list[str]) -> 
         raise BenchError("bench study sets needs two or more sets (--sets A B ...)")
     labels = st.labels(spec, ref, st.opts.labels)
     test = st.test_split(spec, ref)
-    rows, union_cols, seen, sets_loaded = [], [], set(), []
+    rows, union_cols, seen, sets_loaded, logits = [], [], set(), [], []
     for name in sets:
         ps = st.prompt_set(spec, name)
         sets_loaded.append(ps)
         templates = ps.templates_for(ref.spec.name)
         per_prompt = st.weights(spec, ps, ref.spec.name, labels)
         m = compute.evaluate(test.features, per_prompt, test.targets, ref.spec.metric)
+        logits.append(compute.ensemble_logits(test.features, per_prompt))
         rows.append({"name": ps.name, "path": ps.path, "n_templates": len(templates), "primary": m["primary"],
                      "top1": m["top1"]})
         for i, t in enumerate(templates):
             if t not in seen:  # a template shared by two sets counts once in the union
                 seen.add(t)
                 union_cols.append(per_prompt[:, i])
-    for r in rows:
+    for r, lg in zip(rows, logits):
         r["delta"] = r["primary"] - rows[0]["primary"]
-    union = compute.evaluate(test.features, torch.stack(union_cols, dim=1), test.targets, ref.spec.metric)
+        # paired on the same images: is the difference from the first set real? (docs/analysis.md)
+        r["paired"] = compute.paired(lg, logits[0], test.targets, ref.spec.metric) if r is not rows[0] else None
+    union_w = torch.stack(union_cols, dim=1)
+    union = compute.evaluate(test.features, union_w, test.targets, ref.spec.metric)
     result = {
         **st.header("study-sets", spec, ref, test, t0, sets_loaded[0], labels=labels.description),
         "sets": rows, "baseline_set": rows[0]["name"],
         "union": {"n_templates": len(union_cols), "primary": union["primary"], "top1": union["top1"],
-                  "delta": union["primary"] - rows[0]["primary"]},
+                  "delta": union["primary"] - rows[0]["primary"],
+                  "paired": compute.paired(compute.ensemble_logits(test.features, union_w), logits[0], test.targets,
+                                           ref.spec.metric)},
     }
     result["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     return result
@@ -241,13 +253,13 @@ def single_label_setup(st: Study, spec: ModelSpec, ref: DatasetRef, study: str) 
 
 
 def labels_result(st: Study, spec: ModelSpec, ref: DatasetRef, ps: PromptSet, test: Split,
-                  arg: str | None) -> tuple[Labels, dict, dict]:
-    """(labels, metrics, per-class recall + confusion) of the classifier built from one label choice."""
+                  arg: str | None) -> tuple[Labels, dict, dict, np.ndarray]:
+    """(labels, metrics, per-class recall + confusion, logits) of the classifier built from one label choice."""
     labels = st.labels(spec, ref, arg)
     per_prompt = st.weights(spec, ps, ref.spec.name, labels)
     m = compute.evaluate(test.features, per_prompt, test.targets, ref.spec.metric)
     rep = compute.class_report(compute.predictions(test.features, per_prompt), test.targets, ref.spec.num_classes)
-    return labels, m, rep
+    return labels, m, rep, compute.ensemble_logits(test.features, per_prompt)
 
 
 def negation_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, variants: list[str] | None = None,
@@ -257,7 +269,7 @@ def negation_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, variants: lis
     ps, test = single_label_setup(st, spec, ref, "negation")
     rows = []
     for v in (variants or default_variants(spec, st, ref)):
-        labels, m, rep = labels_result(st, spec, ref, ps, test, v)
+        labels, m, rep, _ = labels_result(st, spec, ref, ps, test, v)
         rows.append({"name": v or "default", "source": labels.description, "labels": list(labels.names),
                      "labels_with_unknown_tokens": st.unknown(spec, labels),
                      "primary": m["primary"], "top1": m["top1"], **rep})
@@ -306,9 +318,9 @@ def labels_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, variant: str, b
     """A label variant against the baseline labels: primary and per-class accuracy deltas, top movers."""
     t0 = time.perf_counter()
     ps, test = single_label_setup(st, spec, ref, "label")
-    out = {}
+    out, logits = {}, {}
     for role, arg in (("baseline", baseline), ("variant", variant)):
-        labels, m, rep = labels_result(st, spec, ref, ps, test, arg)
+        labels, m, rep, logits[role] = labels_result(st, spec, ref, ps, test, arg)
         out[role] = {"labels": labels, "metrics": m, **rep}
     b, v = out["baseline"], out["variant"]
     deltas = compute.label_deltas(list(b["labels"].names), list(v["labels"].names), b["per_class_recall"],
@@ -321,6 +333,7 @@ def labels_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, variant: str, b
                     "delta": v["metrics"]["primary"] - b["metrics"]["primary"]},
         "top1": {"baseline": b["metrics"]["top1"], "variant": v["metrics"]["top1"],
                  "delta": v["metrics"]["top1"] - b["metrics"]["top1"]},
+        "paired": compute.paired(logits["variant"], logits["baseline"], test.targets, ref.spec.metric),
         **deltas,
     }
     result["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
