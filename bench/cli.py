@@ -178,7 +178,7 @@ def format_table(results: list[dict]) -> str:
     for r in results:
         m = r["metrics"]
         rows.append((r["model"], r["dataset"], r["task"], str(r["n_samples"]), r["metric"],
-                     f"{100 * m['primary']:.1f}", f"{100 * m['top1']:.1f}" if "top1" in m else "—"))
+                     f"{100 * m['primary']:.1f}", f"{100 * m['top1']:.1f}" if m.get("top1") is not None else "—"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i < 5 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]

@@ -141,6 +141,12 @@ def label_file(language: str, dataset: str) -> Path:
     return labels_dir() / language / f"{dataset}.yaml"
 
 
+def label_variants(dataset: str, language: str) -> tuple[str, ...]:
+    """The variant names the shipped label file of `dataset` in `language` defines (none without a file)."""
+    path = label_file(language, dataset)
+    return tuple(parse_label_file(path)[1]) if path.is_file() else ()
+
+
 def check_count(names: tuple[str, ...], spec: DatasetSpec, source: str) -> None:
     if len(names) != spec.num_classes:
         raise BenchError(f"{source}: has {len(names)} class names, but dataset {spec.name} has "

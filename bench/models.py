@@ -11,7 +11,7 @@ from bench.paths import PACKAGE_DIR
 from bench.registry import from_mapping, load_yaml, unknown
 
 LANGUAGES = ("en", "zh")
-PREPROCESS = ("model", "cn-clip")
+PREPROCESS = ("model", "cn-clip", "squash", "elevater")  # "model" or a name in bench.preprocess.TRANSFORMS
 REGISTRY_FILE = PACKAGE_DIR / "registry" / "models.yaml"
 
 

@@ -1,4 +1,5 @@
-"""Image transforms that are not a model's own: Chinese CLIP's protocol squashes to a square."""
+"""Image transforms that are not a model's own, by name (a model YAML's `preprocess:`, a protocol's
+`image_transform:`): Chinese CLIP squashes to a square; ELEVATER resizes the short side and centre-crops."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ def squash_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> 
     """Resize the whole image to size × size (bicubic, aspect ratio not kept), no crop.
 
     This is Chinese CLIP's evaluation preprocessing (cn_clip.clip.utils.image_transform), and ELEVATER's
-    for KITTI only: ELEVATER otherwise resizes and centre-crops. A centre crop drops the image borders
-    (and, on KITTI, the cars at the edges)."""
+    for KITTI only (its dataset YAML sets CENTER_CROP false): ELEVATER otherwise resizes and centre-crops.
+    A centre crop drops the image borders (and, on KITTI, the cars at the edges)."""
     # imported here: torchvision pulls in torch._dynamo (over a second), and a fully cached run needs
     # no transform at all
     from torchvision import transforms as T
@@ -32,6 +33,31 @@ def squash_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> 
         T.Normalize(mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std)),
     ])
 
+
+
+def resize_crop_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> Compose:
+    """ELEVATER's zero-shot preprocessing (vision_benchmark/evaluation/feature.py construct_dataloader with
+    DATASET.CENTER_CROP true, its default): the short side resized to `size` (bicubic), a size × size centre
+    crop, ToTensor, Normalize. Images are RGB before the resize, as its loaders give them."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        _to_rgb,
+        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(size),
+        T.ToTensor(),
+        T.Normalize(mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std)),
+    ])
+
+
+# transform name -> builder(size, mean, std); "model" (the backend's own transform) is not in here.
+# "squash" is the name protocols use; "cn-clip" is the same transform under the name model YAMLs use.
+TRANSFORMS = {"cn-clip": squash_transform, "squash": squash_transform, "elevater": resize_crop_transform}
+
+
+def build_transform(kind: str, size: int, mean: Sequence[float], std: Sequence[float]) -> Compose:
+    """The named transform at the model's input size and normalisation."""
+    return TRANSFORMS[kind](int(size), mean, std)
 
 class PilToUint8:
     """The PIL steps of a transform, then the image as a uint8 CHW tensor (what ToTensor starts from)."""

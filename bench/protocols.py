@@ -17,13 +17,15 @@ PROTOCOL_DIR = Path(__file__).parent / "registry" / "protocols"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCORES = ("logits", "softmax100")
 IMPLEMENTATIONS = ("bench", "elevater", "clip_benchmark")
-RUNNABLE = ("bench", "cn-clip")  # protocols whose every setting the runner implements today
+# `labels:` values that name a variant of bench's shipped label files (taken where the file defines it)
+LABEL_VARIANTS = ("elevater",)
+RUNNABLE = ("bench", "cn-clip", "elevater")  # protocols whose every setting the runner implements today
 TEMPLATE_KEYS = {"module", "language", "default", "per_dataset", "install"}
 # Text normalisations by name: "module:function" applied to every rendered prompt before tokenizing.
 TEXT_NORMALISATIONS = {"none": None, "cn_clip": "bench.backends.hf:normalize_cn_text"}
-# Image transforms: `model` keeps the model's registry `preprocess`; others replace it with that preprocess
-# (bench.models.PREPROCESS) for the run.
-IMAGE_TRANSFORMS = ("model", "cn-clip", "elevater")
+# Image transforms: `model` keeps the model's registry `preprocess`; others replace it with that transform
+# (bench.preprocess.TRANSFORMS) for the run. A protocol may name one per dataset: {default, per_dataset}.
+IMAGE_TRANSFORMS = ("model", "cn-clip", "squash", "elevater")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +35,7 @@ class Protocol:
     templates: str | dict  # a named source, or {module, language, default, per_dataset} read from a package
     labels: str
     text_normalisation: str
-    image_transform: str
+    image_transform: str | dict  # a transform name, or {default: name, per_dataset: {dataset: name}}
     precision: str
     scores: str
     metric_implementation: str
@@ -58,10 +60,10 @@ def _load(path: Path) -> Protocol:
         raise BenchError(f"{path}: {exc}") from None
     for key, allowed in (("precision", PRECISIONS), ("scores", SCORES),
                          ("metric_implementation", IMPLEMENTATIONS), ("text_normalisation", tuple(TEXT_NORMALISATIONS)),
-                         ("image_transform", IMAGE_TRANSFORMS), ("duplicate_labels", ("error", "warn")),
-                         ("duplicate_templates", ("error", "keep"))):
+                         ("duplicate_labels", ("error", "warn")), ("duplicate_templates", ("error", "keep"))):
         if getattr(proto, key) not in allowed:
             raise BenchError(f"{path}: {key} is '{getattr(proto, key)}', expected one of {', '.join(allowed)}")
+    _check_transforms(proto.image_transform, path)
     if isinstance(proto.templates, dict):
         missing, extra = {"module", "default"} - set(proto.templates), set(proto.templates) - TEMPLATE_KEYS
         if missing or extra:
@@ -73,6 +75,34 @@ def _load(path: Path) -> Protocol:
     if proto.name != path.stem:
         raise BenchError(f"{path}: name '{proto.name}' does not match the file name '{path.stem}'")
     return proto
+
+
+def _check_transforms(value, path: Path) -> None:
+    """`image_transform`: a name, or {default: name, per_dataset: {registry dataset name: name}}."""
+    if isinstance(value, dict):
+        if set(value) - {"default", "per_dataset"} or "default" not in value:
+            raise BenchError(f"{path}: image_transform as a mapping takes the keys default and per_dataset")
+        per = value.get("per_dataset") or {}
+        names = [value["default"], *per.values()]
+        from bench.datasets.registry import find_dataset
+
+        typos = sorted(k for k in per if find_dataset(k) is None or find_dataset(k).name != k)
+        if typos:
+            raise BenchError(f"{path}: image_transform.per_dataset names no registered dataset: {', '.join(typos)} "
+                             "(use the canonical names `bench datasets list` shows)")
+    else:
+        names = [value]
+    bad = [n for n in names if n not in IMAGE_TRANSFORMS]
+    if bad:
+        raise BenchError(f"{path}: image_transform '{bad[0]}' is not one of {', '.join(IMAGE_TRANSFORMS)}")
+
+
+def image_transform_for(proto: Protocol, dataset: str | None) -> str:
+    """The transform a protocol uses on `dataset` (registry name; None: its default)."""
+    t = proto.image_transform
+    if isinstance(t, str):
+        return t
+    return (t.get("per_dataset") or {}).get(dataset, t["default"]) if dataset else t["default"]
 
 
 @cache
@@ -92,6 +122,13 @@ def load_protocol(name: str) -> Protocol:
     if name not in protos:
         raise unknown("protocol", name, protos, "`bench protocols list` shows them")
     return protos[name]
+
+
+def variant_protocol(variant: str | None) -> Protocol | None:
+    """The protocol whose class names a label variant reproduces (None: an ordinary variant)."""
+    if variant not in LABEL_VARIANTS:
+        return None
+    return next((p for p in _registry().values() if p.labels == variant), None)
 
 
 def text_normaliser(proto: Protocol):

@@ -31,7 +31,7 @@ from bench.errors import BenchError
 from bench.experiment import experiment, logits_path, per_image_path, result_stem, update_index
 from bench.features import ImageFeatures, image_features, text_embeddings
 from bench.knowledge import KnowledgeConfig, load_knowledge
-from bench.labels import Labels, resolve_labels
+from bench.labels import Labels, label_variants, resolve_labels
 from bench.metrics import compute_metrics
 from bench.models import ModelSpec, resolve_model
 from bench.prompts import ClassTexts, PromptSet, load_prompt_set
@@ -204,6 +204,19 @@ class Precision:
     identity: str  # "auto" when that is what --precision auto gives under the protocol, else resolved
 
 
+def protocol_language(proto: protocols.Protocol) -> str | None:
+    """The language a protocol's fixed templates are written in (None: it does not fix them)."""
+    source = proto.templates
+    if isinstance(source, dict):
+        return source.get("language")
+    if source == "model-default" or not isinstance(source, str):
+        return None
+    try:
+        return load_prompt_set(source).language
+    except BenchError:  # not a prompt set name (e.g. a per-folder source): the run decides
+        return None
+
+
 def check_protocol_overrides(proto: protocols.Protocol, opts: RunOptions) -> None:
     """A protocol other than bench fixes its templates and class names: --prompts or --labels would make its
     numbers someone else's protocol under its name, so they are refused (studies compare sources instead)."""
@@ -212,8 +225,12 @@ def check_protocol_overrides(proto: protocols.Protocol, opts: RunOptions) -> Non
         fixed.append("--prompts")
     if opts.labels and proto.labels != "bench" and opts.labels != proto.labels:
         fixed.append("--labels")
+    fixed_language = protocol_language(proto)
+    if opts.language and fixed_language and opts.language != fixed_language:
+        fixed.append("--language")
     if fixed:
-        raise BenchError(f"protocol '{proto.name}' fixes its templates ({protocols.templates_source(proto)}) and class "
+        raise BenchError(f"protocol '{proto.name}' fixes its templates ({protocols.templates_source(proto)}"
+                         f"{', in ' + fixed_language if fixed_language else ''}) and class "
                          f"names ({proto.labels}); drop {' and '.join(fixed)}, or use --protocol bench to evaluate "
                          "your own (`bench study sets` / `bench study labels` compare them)")
 
@@ -258,18 +275,25 @@ class Runner:
         self.texts = TextCache(opts.cache_dir)
         self._backends: dict[str, Backend] = {}
 
-    def backend(self, spec: ModelSpec) -> Backend:
-        if spec.name not in self._backends:
-            log.info("loading %s", spec.name)
-            if self.protocol.image_transform != "model":  # the protocol's transform replaces the model's own
-                spec = replace(spec, preprocess=self.protocol.image_transform)
+    def backend(self, spec: ModelSpec, dataset: str | None = None) -> Backend:
+        """The loaded model, with the image transform the protocol uses on `dataset` (registry name; None:
+        the protocol's default). A protocol with a transform of its own replaces the model's for the run;
+        one whose transform differs per dataset (ELEVATER squashes KITTI only) gets a backend per transform."""
+        kind = protocols.image_transform_for(self.protocol, dataset)
+        key = (spec.name, kind)
+        if key not in self._backends:
+            log.info("loading %s%s", spec.name, "" if kind == "model" else f" (image transform: {kind})")
+            if kind != "model":  # the protocol's transform replaces the model's own
+                spec = replace(spec, preprocess=kind)
             backend = load_backend(spec, device=self.opts.device, cache_dir=self.opts.cache_dir)
             backend.precision = self._precision.backend
-            self._backends[spec.name] = backend
-        return self._backends[spec.name]
+            self._backends[key] = backend
+        return self._backends[key]
 
     def language(self, spec: ModelSpec) -> str:
-        return self.opts.language or spec.language
+        """The language of prompts and labels: the protocol's when it fixes its templates, else --language
+        or the model's."""
+        return protocol_language(self.protocol) or self.opts.language or spec.language
 
     def prompt_set(self, spec: ModelSpec) -> PromptSet:
         """The protocol's templates: read from a package (cn-clip), else --prompts or the model's default set."""
@@ -280,14 +304,23 @@ class Runner:
                     source, f"protocol {self.protocol.name} ({self.protocol.path})",
                     source.get("install", "pip install -e '.[cn-clip]'"))
             return self._package_prompts
+        if source != "model-default":  # a named prompt set the protocol fixes (elevater: elevater-en)
+            return load_prompt_set(source)
         return load_prompt_set(self.opts.prompts or spec.default_prompts)
 
-    def labels_arg(self) -> str | None:
-        """The --labels value in effect: the protocol's label source unless it is bench's (then --labels)."""
-        return self.opts.labels if self.protocol.labels == "bench" else self.protocol.labels
+    def labels_arg(self, spec: DatasetSpec | None = None, language: str | None = None) -> str | None:
+        """The --labels value in effect: the protocol's label source unless it is bench's (then --labels). A
+        protocol that names a label variant (elevater) takes it where the dataset's label file defines it,
+        and the file's own names elsewhere (they are the protocol's there)."""
+        source = self.protocol.labels
+        if source == "bench":
+            return self.opts.labels
+        if source in protocols.LABEL_VARIANTS and spec is not None and language is not None:
+            return source if source in label_variants(spec.name, language) else None
+        return source
 
     def labels(self, ref: DatasetRef, language: str, data: SplitData) -> Labels:
-        return resolve_labels(self.labels_arg(), ref.spec, language, data,
+        return resolve_labels(self.labels_arg(ref.spec, language), ref.spec, language, data,
                               duplicates=self.protocol.duplicate_labels)
 
     def allow_duplicate_templates(self) -> bool:
@@ -343,7 +376,7 @@ class Runner:
         ps.templates_for(ref.spec.name)  # fail on a missing per-dataset set before encoding images
         require_valid(ps, allow_duplicates=self.allow_duplicate_templates(), datasets=(ref.spec.name,),
                       summarise=ps.name_source == "protocol")
-        backend = self.backend(spec)
+        backend = self.backend(spec, ref.spec.name)
         unknown = unknown_labels(backend, labels)
         feats = self.image_features(backend, data)
         if not distributed.current().main:
@@ -412,7 +445,7 @@ class Runner:
         test_data = load_data(ref, opts.split, opts.limit)
         train_data = load_data(ref, "train", opts.limit)
         has_val = (folder / "val").is_dir()
-        backend = self.backend(spec)
+        backend = self.backend(spec, ref.spec.name)
         train_all, f_train = self.probe_split(backend, train_data)
         test, f_test = self.probe_split(backend, test_data)
         encoded = {"train": f_train.n_encoded, opts.split: f_test.n_encoded}
@@ -520,7 +553,7 @@ class Runner:
         language = data.language or self.language(spec)
         if language != spec.language:
             log.warning("%s's captions are %s but %s is a %s model", ref.spec.name, language, spec.name, spec.language)
-        backend = self.backend(spec)
+        backend = self.backend(spec, ref.spec.name)
         feats = self.image_features(backend, data)
         if not distributed.current().main:
             return None  # torchrun: this rank's shards are cached; rank 0 encodes captions and scores

@@ -345,7 +345,10 @@ def _label_lines(text: str) -> tuple[list[int], dict[str, dict[int, int]], dict[
     return labels, variants, vnames
 
 
-def _name_duplicates(names: tuple[str, ...], lines: list[int], path: str, where: str) -> list[Finding]:
+def _name_duplicates(names: tuple[str, ...], lines: list[int], path: str, where: str,
+                     kept_by: str | None = None) -> list[Finding]:
+    """Classes sharing a name: errors, or warnings in a variant that reproduces a protocol's own list with
+    its repeats (`kept_by`: that protocol; the run keeps them too)."""
     findings = []
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
@@ -354,8 +357,10 @@ def _name_duplicates(names: tuple[str, ...], lines: list[int], path: str, where:
         if key in seen:
             j = seen[key]
             how = "the same name" if names[j] == name else "the same name up to case, whitespace or punctuation"
-            findings.append(Finding(path, line, ERROR, f"{where}class {i} {name!r} and class {j} {names[j]!r} have "
-                                    f"{how}: their class embeddings would (nearly) coincide"))
+            kept = f" (kept: protocol {kept_by} publishes them so)" if kept_by else ""
+            findings.append(Finding(path, line, WARNING if kept_by else ERROR,
+                                    f"{where}class {i} {name!r} and class {j} {names[j]!r} have "
+                                    f"{how}: their class embeddings would (nearly) coincide{kept}"))
         else:
             seen[key] = i
     return findings
@@ -368,6 +373,7 @@ def lint_label_file(path: Path, dataset: str | None = None, checker: TextChecker
     `checker` names the tokenizer maps to [UNK] or truncates."""
     from bench.datasets.registry import find_dataset
     from bench.labels import parse_label_file
+    from bench.protocols import variant_protocol
 
     path = Path(path)
     p = str(path)
@@ -394,7 +400,9 @@ def lint_label_file(path: Path, dataset: str | None = None, checker: TextChecker
         merged = tuple(mapping.get(i, n) for i, n in enumerate(names))
         lines = [variant_lines.get(vname, {}).get(i, label_lines[i] if i < len(label_lines) else 1)
                  for i in range(len(names))]
-        findings += _name_duplicates(merged, lines, p, f"variant '{vname}': ")
+        proto = variant_protocol(vname)
+        findings += _name_duplicates(merged, lines, p, f"variant '{vname}': ",
+                                     proto.name if proto is not None and proto.duplicate_labels == "warn" else None)
         same = [i for i, n in mapping.items() if n == names[i]]
         for i in same:
             findings.append(Finding(p, variant_lines.get(vname, {}).get(i, vname_lines.get(vname, 1)), WARNING,

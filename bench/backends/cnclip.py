@@ -12,7 +12,7 @@ import torch
 from bench.backends.base import Backend, TextCheck, missing_dependency
 from bench.backends.hf import CN_CLIP_CONTEXT, normalize_cn_text
 from bench.errors import BenchError
-from bench.preprocess import squash_transform
+from bench.preprocess import build_transform
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -76,7 +76,9 @@ class CnClipBackend(Backend):
             raise BenchError(f"{spec.name}: cannot build cn_clip '{spec.model}' from {path}: "
                              f"{str(exc).splitlines()[0] if str(exc) else 'unknown architecture'}") from None
         self._adopt(model.float())
-        self.preprocess = squash_transform(int(model.visual.input_resolution), CLIP_MEAN, CLIP_STD)
+        # cn_clip's own transform is the squash; a protocol may name another (e.g. ELEVATER's crop)
+        kind = "cn-clip" if spec.preprocess == "model" else spec.preprocess
+        self.preprocess = build_transform(kind, int(model.visual.input_resolution), CLIP_MEAN, CLIP_STD)
 
     def _encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)

@@ -9,7 +9,7 @@ import torch
 
 from bench.backends.base import Backend, TextCheck, folder_files, hub_snapshot_files, missing_dependency
 from bench.errors import BenchError
-from bench.preprocess import squash_transform
+from bench.preprocess import build_transform
 
 # Chinese CLIP's own pipeline: context length 52, lower-cased text, curly quotes normalised.
 CN_CLIP_CONTEXT = 52
@@ -85,9 +85,9 @@ class TransformersBackend(Backend):
             raise BenchError(f"{self.spec.name}: '{self.spec.model}' is a {model.config.model_type} model, "
                              "not a CLIP-style dual encoder")
         self._adopt(model)
-        if self.spec.preprocess == "cn-clip":
+        if self.spec.preprocess != "model":
             size = int(model.config.vision_config.image_size)
-            self.preprocess = squash_transform(size, processor.image_mean, processor.image_std)
+            self.preprocess = build_transform(self.spec.preprocess, size, processor.image_mean, processor.image_std)
         else:
             self.preprocess = HFImageTransform(processor)
 

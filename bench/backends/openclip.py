@@ -10,7 +10,7 @@ import torch
 
 from bench.backends.base import Backend, TextCheck, folder_files, hub_snapshot_files, missing_dependency
 from bench.errors import BenchError
-from bench.preprocess import squash_transform
+from bench.preprocess import build_transform
 
 SCHEMAS = ("hf-hub:", "local-dir:")
 
@@ -100,11 +100,11 @@ class OpenClipBackend(Backend):
         finally:
             logging.getLogger().removeFilter(quiet)
         self._adopt(model)
-        if spec.preprocess == "cn-clip":
+        if spec.preprocess != "model":
             cfg = self.model.visual.preprocess_cfg
             size = cfg.get("size", self.model.visual.image_size)
             size = size[0] if isinstance(size, (tuple, list)) else size
-            self.preprocess = squash_transform(size, cfg["mean"], cfg["std"])
+            self.preprocess = build_transform(spec.preprocess, size, cfg["mean"], cfg["std"])
         else:
             self.preprocess = preprocess
 

@@ -39,7 +39,7 @@ class DemoBackend(Backend):
         model = TinyCLIP(self._config())
         model.load_state_dict(load_file(self.folder / "model.safetensors"))
         self._adopt(model)
-        self.preprocess = preprocess()
+        self.preprocess = preprocess(self.spec.preprocess)
 
     def _encode_images(self, pixels):
         return self.model.encode_image(pixels)

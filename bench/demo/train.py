@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from bench.cache import atomic_save_tensors, atomic_write_json
 from bench.datasets.digits import EN, ZH, _to_image, split_indices
 from bench.demo.model import CLS, PAD, UNK, TinyCLIP, TinyConfig, split_words
-from bench.preprocess import squash_transform
+from bench.preprocess import build_transform, squash_transform
 
 log = logging.getLogger(__name__)
 MEAN = STD = (0.5, 0.5, 0.5)
@@ -27,8 +27,9 @@ TRAIN_TEMPLATES = {
 LABELS = {"en": EN, "zh": ZH}
 
 
-def preprocess():
-    return squash_transform(32, MEAN, STD)
+def preprocess(kind: str = "model"):
+    """The demo model's transform (a squash to 32 px, what it was trained on), or a protocol's at 32 px."""
+    return squash_transform(32, MEAN, STD) if kind == "model" else build_transform(kind, 32, MEAN, STD)
 
 
 def build_vocab() -> list[str]:
