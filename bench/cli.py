@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 
 from bench import __version__
-from bench.cli_common import add_encoding_args, add_knowledge_args, encoding_options, knowledge_options, split_multi
+from bench.cli_common import (
+    add_encoding_args,
+    add_knowledge_args,
+    add_protocol_args,
+    encoding_options,
+    knowledge_options,
+    split_multi,
+)
 from bench.errors import BenchError
 from bench.paths import default_cache_dir, default_data_root
 
@@ -202,13 +209,6 @@ def cmd_models_list(args) -> int:
         weights = f"{m.model}" + (f" ({m.pretrained})" if m.pretrained else "")
         print(f"{m.name:22} {m.backend:13} {m.language}  {weights}" + (f"  [alias: {alias}]" if alias else ""))
     return 0
-
-
-def add_protocol_args(p: argparse.ArgumentParser) -> None:
-    """--protocol and --precision (see docs/protocols.md)."""
-    p.add_argument("--protocol", default="bench", help="evaluation protocol (`bench protocols list`; default: bench)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="auto: the protocol's, else fp32 on CPU and bf16/fp16 autocast on GPU")
 
 
 def cmd_protocols_list(args) -> int:

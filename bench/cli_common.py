@@ -8,6 +8,13 @@ from pathlib import Path
 from bench.errors import BenchError
 
 
+def add_protocol_args(p: argparse.ArgumentParser) -> None:
+    """--protocol and --precision (see docs/protocols.md)."""
+    p.add_argument("--protocol", default="bench", help="evaluation protocol (`bench protocols list`; default: bench)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: the protocol's, else fp32 on CPU and bf16/fp16 autocast on GPU")
+
+
 def add_encoding_args(p: argparse.ArgumentParser) -> None:
     """The image-encoding flags every command that encodes images takes."""
     p.add_argument("--batch-size", type=int, default=64)

@@ -17,6 +17,8 @@ PROTOCOL_DIR = Path(__file__).parent / "registry" / "protocols"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCORES = ("logits", "softmax100")
 IMPLEMENTATIONS = ("bench", "elevater", "clip_benchmark")
+# `protocol:NAME` in a study's --sets/--variant or prompts eval's --baseline: that protocol's templates or labels
+REF_PREFIX = "protocol:"
 # `labels:` values that name a variant of bench's shipped label files (taken where the file defines it)
 LABEL_VARIANTS = ("elevater",)
 RUNNABLE = ("bench", "cn-clip", "elevater")  # protocols whose every setting the runner implements today

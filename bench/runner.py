@@ -217,6 +217,31 @@ def protocol_language(proto: protocols.Protocol) -> str | None:
         return None
 
 
+def protocol_prompt_set(proto: protocols.Protocol, spec: ModelSpec, prompts: str | None = None) -> PromptSet:
+    """A protocol's templates for `spec`: read from a package (cn-clip), a prompt set it names (elevater),
+    else `prompts` (--prompts) or the model's default set (bench)."""
+    source = proto.templates
+    if isinstance(source, dict):
+        return package_prompt_set(source, f"protocol {proto.name} ({proto.path})",
+                                  source.get("install", "pip install -e '.[cn-clip]'"))
+    if source != "model-default":
+        return load_prompt_set(source)
+    return load_prompt_set(prompts or spec.default_prompts)
+
+
+def protocol_labels_arg(proto: protocols.Protocol, spec: DatasetSpec | None, language: str | None,
+                        labels: str | None = None) -> str | None:
+    """A protocol's label source as a --labels value: `labels` (--labels) under bench's; a variant it names
+    (elevater) where the dataset's label file defines one, the file's own names elsewhere (they are the
+    protocol's there); else its source (`dataset`: the folder's label file)."""
+    source = proto.labels
+    if source == "bench":
+        return labels
+    if source in protocols.LABEL_VARIANTS and spec is not None and language is not None:
+        return source if source in label_variants(spec.name, language) else None
+    return source
+
+
 def check_protocol_overrides(proto: protocols.Protocol, opts: RunOptions) -> None:
     """A protocol other than bench fixes its templates and class names: --prompts or --labels would make its
     numbers someone else's protocol under its name, so they are refused (studies compare sources instead)."""
@@ -269,7 +294,7 @@ class Runner:
         self._precision = _resolve_run_precision(opts)
         self.precision = self._precision.resolved
         self.opts = opts = replace(opts, precision=self._precision.identity)
-        self._package_prompts: PromptSet | None = None
+        self._protocol_prompts: dict[str, PromptSet] = {}
         check_writable(opts.cache_dir, "cache directory")
         self.features = FeatureCache(opts.cache_dir, opts.shard_size)
         self.texts = TextCache(opts.cache_dir)
@@ -296,28 +321,17 @@ class Runner:
         return protocol_language(self.protocol) or self.opts.language or spec.language
 
     def prompt_set(self, spec: ModelSpec) -> PromptSet:
-        """The protocol's templates: read from a package (cn-clip), else --prompts or the model's default set."""
-        source = self.protocol.templates
-        if isinstance(source, dict):
-            if self._package_prompts is None:
-                self._package_prompts = package_prompt_set(
-                    source, f"protocol {self.protocol.name} ({self.protocol.path})",
-                    source.get("install", "pip install -e '.[cn-clip]'"))
-            return self._package_prompts
-        if source != "model-default":  # a named prompt set the protocol fixes (elevater: elevater-en)
-            return load_prompt_set(source)
-        return load_prompt_set(self.opts.prompts or spec.default_prompts)
+        """The protocol's templates: read from a package (cn-clip), a set it names, else --prompts or the
+        model's default set."""
+        if not isinstance(self.protocol.templates, dict):  # cheap to load, and it may depend on the model
+            return protocol_prompt_set(self.protocol, spec, self.opts.prompts)
+        if self.protocol.name not in self._protocol_prompts:  # read from a package once per run
+            self._protocol_prompts[self.protocol.name] = protocol_prompt_set(self.protocol, spec)
+        return self._protocol_prompts[self.protocol.name]
 
     def labels_arg(self, spec: DatasetSpec | None = None, language: str | None = None) -> str | None:
-        """The --labels value in effect: the protocol's label source unless it is bench's (then --labels). A
-        protocol that names a label variant (elevater) takes it where the dataset's label file defines it,
-        and the file's own names elsewhere (they are the protocol's there)."""
-        source = self.protocol.labels
-        if source == "bench":
-            return self.opts.labels
-        if source in protocols.LABEL_VARIANTS and spec is not None and language is not None:
-            return source if source in label_variants(spec.name, language) else None
-        return source
+        """The --labels value in effect: the protocol's label source unless it is bench's (then --labels)."""
+        return protocol_labels_arg(self.protocol, spec, language, self.opts.labels)
 
     def labels(self, ref: DatasetRef, language: str, data: SplitData) -> Labels:
         return resolve_labels(self.labels_arg(ref.spec, language), ref.spec, language, data,

@@ -224,3 +224,60 @@ def test_unknown_transform_in_a_protocol_file_is_refused(tmp_path):
                     "scores: softmax100\nmetric_implementation: elevater\ndata: elevater\n")
     with pytest.raises(BenchError, match="kitti-distanse"):
         protocols._load(path)
+
+
+# --- --protocol on studies and `bench prompts eval` ----------------------------------------------------
+
+
+def test_study_and_prompts_eval_score_as_the_run_does(model_yaml, tmp_path, bench_cli):
+    """Under --protocol elevater a study's ensemble and `bench prompts eval` of the protocol's own set give the
+    run's number: same transform, templates, labels, softmax scores and vision-evaluation metric."""
+    spec = get_dataset("voc-2007")
+    rng = np.random.default_rng(3)
+    labels = [tuple(sorted(rng.choice(20, size=int(rng.integers(1, 4)), replace=False).tolist())) for _ in range(10)]
+    folder = write_wds(tmp_path / "data" / "wds_voc2007_multilabel", list(spec.classes), labels, multilabel=True,
+                       images=[_png(im) for im in _images(10, seed=2)])
+    run, _, _, _ = _run(bench_cli, model_yaml, folder, tmp_path)
+    common = ("--model", model_yaml, "--dataset", folder, "--out", tmp_path / "runs", "--cache-dir",
+              tmp_path / "cache", "--workers", "0", "--device", "cpu")
+    code, _, err = bench_cli("study", "prompts", *common, "--protocol", "elevater", "--no-greedy")
+    assert code == 0, err
+    study = json.loads(latest_result(tmp_path / "runs" / "tiny-oc" / "voc-2007", "study-prompts").read_text())
+    assert (study["protocol"], study["scores"], study["metrics_implementation"]) == ("elevater", "softmax100",
+                                                                                     "elevater")
+    assert study["ensemble"]["primary"] == pytest.approx(run["metrics"]["primary"], abs=1e-9)
+    assert study["cache"]["images_encoded"] == 0  # the run's features (same transform), not new ones
+    code, out, err = bench_cli("prompts", "eval", "elevater-en", *common, "--protocol", "elevater")
+    assert code == 0, err
+    ev = json.loads(latest_result(tmp_path / "runs" / "tiny-oc" / "voc-2007", "prompts-eval").read_text())
+    assert ev["baseline"]["prompts"] == "elevater-en"  # the protocol's set is the default baseline
+    assert ev["metrics"]["primary"] == pytest.approx(run["metrics"]["primary"], abs=1e-9)
+    assert ev["labels"].endswith("en/voc-2007.yaml#elevater")  # the protocol's label source
+    # the same study under bench's protocol scores logits with bench's 11-point mAP: recorded as such
+    code, _, err = bench_cli("study", "prompts", *common, "--no-greedy", "--prompts", "elevater-en")
+    assert code == 0, err
+    own = json.loads(latest_result(tmp_path / "runs" / "tiny-oc" / "voc-2007", "study-prompts").read_text())
+    assert (own["protocol"], own["scores"], own["metrics_implementation"]) == ("bench", "logits", "bench")
+
+
+def test_study_labels_compares_ours_with_a_protocols_label_source(tmp_path, digits_root, cache_dir, bench_cli):
+    """`--variant protocol:cn-clip` is Chinese CLIP's label source: the dataset folder's label_cn.txt."""
+    out = tmp_path / "runs"
+    code, _, err = bench_cli("study", "labels", "--model", "demo", "--dataset", "digits", "--data-root", digits_root,
+                             "--cache-dir", cache_dir, "--out", out, "--workers", "0", "--language", "zh",
+                             "--variant", "protocol:cn-clip")
+    assert code == 0, err
+    res = json.loads(latest_result(out / "demo" / "digits", "study-labels").read_text(encoding="utf-8"))
+    assert res["variant"] == str(digits_root / "digits" / "label_cn.txt")
+    assert res["baseline"].endswith("zh/digits.yaml")
+
+
+def test_study_sets_reads_a_protocols_templates(tmp_path, digits_root, cache_dir, bench_cli):
+    out = tmp_path / "runs"
+    code, _, err = bench_cli("study", "sets", "--model", "demo", "--dataset", "digits", "--data-root", digits_root,
+                             "--cache-dir", cache_dir, "--out", out, "--workers", "0", "--language", "en",
+                             "--sets", "demo-en", "protocol:elevater")
+    assert code == 0, err
+    res = json.loads(latest_result(out / "demo" / "digits", "study-sets").read_text(encoding="utf-8"))
+    names = [s["name"] if isinstance(s, dict) and "name" in s else s.get("prompts") for s in res["sets"]]
+    assert names[:2] == ["demo-en", "elevater-en"]

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.cli_common import add_encoding_args, encoding_options
+from bench.cli_common import add_encoding_args, add_protocol_args, encoding_options
 from bench.errors import BenchError
 from bench.paths import default_cache_dir, default_data_root
 
@@ -60,6 +60,7 @@ def register_cli(sub) -> None:
     ev.add_argument("--out", type=Path, default=Path("results/runs"), help="results folder (default: results/runs)")
     ev.add_argument("--limit", type=int, default=None, help="at most N images (stratified), as in `bench run`")
     add_encoding_args(ev)
+    add_protocol_args(ev)
     _add_device(ev, "auto")
     ev.set_defaults(func=cmd_prompts_eval)
 
@@ -188,8 +189,9 @@ def cmd_prompts_eval(args) -> int:
     from bench.runner import RunOptions
 
     opts = RunOptions(out=args.out, cache_dir=args.cache_dir or default_cache_dir(),
-                      data_root=args.data_root or default_data_root(), split=args.split, prompts=args.prompts,
-                      labels=args.labels, device=args.device, **encoding_options(args),
+                      data_root=args.data_root or default_data_root(), split=args.split,
+                      labels=args.labels, device=args.device, protocol=args.protocol, precision=args.precision,
+                      **encoding_options(args),
                       limit=args.limit, progress=sys.stderr.isatty())
     result = evaluate_prompt_set(args.model, args.dataset, args.prompts, opts, args.baseline, args.labels)
     path = write_result(result, args.out)

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import protocols
 from bench.cache import atomic_write_json, check_writable
 from bench.errors import BenchError
 from bench.labels import Labels, resolve_labels
-from bench.metrics import compute_metrics
 from bench.models import resolve_model
 from bench.prompts import PromptSet, load_prompt_set, template_fields
-from bench.runner import Runner, RunOptions, load_data, resolve_datasets, target_array
+from bench.runner import Runner, RunOptions, load_data, protocol_prompt_set, resolve_datasets, target_array
+from bench.studies.compute import Scoring
 from bench.validation import require_valid
 from bench.zeroshot import class_embeddings, scores
 
@@ -37,8 +38,12 @@ def evaluate_prompt_set(model: str, dataset: str, prompts: str, opts: RunOptions
     if len(refs) != 1:
         raise BenchError(f"--dataset must name one dataset, got '{dataset}'")
     ref = refs[0]
+    runner = Runner(opts)  # checks --protocol and --precision first
     ps = load_prompt_set(prompts)
-    base = load_prompt_set(baseline or spec.default_prompts)
+    if baseline is not None and baseline.startswith(protocols.REF_PREFIX):  # e.g. protocol:cn-clip
+        base = protocol_prompt_set(protocols.load_protocol(baseline[len(protocols.REF_PREFIX):]), spec)
+    else:  # the protocol's templates (bench: the model's default set)
+        base = load_prompt_set(baseline) if baseline else runner.prompt_set(spec)
     for s in (ps, base):
         s.templates_for(ref.spec.name)  # fail on a missing per-dataset list before encoding anything
         require_valid(s, datasets=(ref.spec.name,))  # what lint calls an error is never evaluated
@@ -49,9 +54,9 @@ def evaluate_prompt_set(model: str, dataset: str, prompts: str, opts: RunOptions
                          "fields), which `bench prompts eval` cannot score template by template; use "
                          "`bench run --prompts` for its score, or `bench study knowledge` to compare it with plain templates")
     t0 = time.perf_counter()
-    runner = Runner(opts)
     data = load_data(ref, opts.split, opts.limit)
-    backend = runner.backend(spec)
+    backend = runner.backend(spec, ref.spec.name)
+    scoring = Scoring(runner.protocol.scores, runner.protocol.metric_implementation)
     feats = runner.image_features(backend, data)
     targets = target_array(data, feats.indices)
     label_cache: dict[str, Labels] = {}
@@ -59,12 +64,14 @@ def evaluate_prompt_set(model: str, dataset: str, prompts: str, opts: RunOptions
     def labels_for(s: PromptSet) -> Labels:
         # Each set is read with class names in its own language: an English set gets English labels.
         if s.language not in label_cache:
-            label_cache[s.language] = resolve_labels(labels, ref.spec, s.language, data)
+            arg = labels if labels is not None else runner.labels_arg(ref.spec, s.language)
+            label_cache[s.language] = resolve_labels(arg, ref.spec, s.language, data,
+                                                     duplicates=runner.protocol.duplicate_labels)
         return label_cache[s.language]
 
     def evaluate(per_prompt: torch.Tensor) -> dict:
         logits = scores(feats.features, class_embeddings(per_prompt)).numpy()
-        return compute_metrics(logits, targets, ref.spec.metric)
+        return scoring.metrics(logits, targets, ref.spec.metric)
 
     per_prompt = runner.class_weights(backend, ps, ref.spec.name, labels_for(ps))
     ensemble = evaluate(per_prompt)
@@ -85,6 +92,8 @@ def evaluate_prompt_set(model: str, dataset: str, prompts: str, opts: RunOptions
         "dataset": ref.spec.name,
         "split": data.split,
         "task": TASK,
+        "protocol": runner.protocol.name, "precision": runner.precision, "scores": runner.protocol.scores,
+        "metrics_implementation": runner.protocol.metric_implementation,
         "language": ps.language,
         "prompts": ps.name,
         "prompts_path": ps.path,
@@ -104,7 +113,8 @@ def evaluate_prompt_set(model: str, dataset: str, prompts: str, opts: RunOptions
                      "labels": labels_for(base).description, "n_templates": len(base.templates_for(ref.spec.name)),
                      **_summary(base_metrics)},
         "delta": {"primary": ensemble["primary"] - base_metrics["primary"],
-                  "top1": ensemble["top1"] - base_metrics["top1"]},
+                  "top1": None if None in (ensemble["top1"], base_metrics["top1"])
+                  else ensemble["top1"] - base_metrics["top1"]},  # absent on multi-label sets under vision-evaluation
         "limit": opts.limit,
         "cache": {"image_features": feats.key, "images_encoded": feats.n_encoded},
         "timings": {"image_features_s": round(feats.seconds, 3), "text_and_scoring_s": round(t1 - t0 - feats.seconds, 3),
@@ -128,16 +138,19 @@ def format_result(result: dict, width: int = 60) -> str:
     def short(text: str) -> str:
         return text if len(text) <= width else text[: width - 1] + "…"
 
+    def pct(x: float | None, fmt: str = ".1f") -> str:
+        return "—" if x is None else f"{100 * x:{fmt}}"  # top-1 is absent on multi-label sets under ELEVATER's metrics
+
     rows = [("#", "template", metric, "top-1")]
     for t in sorted(result["templates"], key=lambda t: -t["primary"]):
-        rows.append((str(t["index"] + 1), short(t["template"]), f"{100 * t['primary']:.1f}", f"{100 * t['top1']:.1f}"))
+        rows.append((str(t["index"] + 1), short(t["template"]), pct(t["primary"]), pct(t["top1"])))
     ens, base = result["ensemble"], result["baseline"]
     rows.append(("", f"ensemble: {result['prompts']} ({result['n_templates']} templates)",
-                 f"{100 * ens['primary']:.1f}", f"{100 * ens['top1']:.1f}"))
+                 pct(ens["primary"]), pct(ens["top1"])))
     rows.append(("", f"baseline: {base['prompts']} ({base['n_templates']} templates)",
-                 f"{100 * base['primary']:.1f}", f"{100 * base['top1']:.1f}"))
+                 pct(base["primary"]), pct(base["top1"])))
     d = result["delta"]
-    rows.append(("", "delta (set - baseline)", f"{100 * d['primary']:+.1f}", f"{100 * d['top1']:+.1f}"))
+    rows.append(("", "delta (set - baseline)", pct(d["primary"], "+.1f"), pct(d["top1"], "+.1f")))
     widths = [max(_width(r[i]) for r in rows) for i in range(4)]
     lines = []
     for j, r in enumerate(rows):
@@ -147,7 +160,8 @@ def format_result(result: dict, width: int = 60) -> str:
         if j == 0 or j == len(rows) - 4:
             lines.append("  ".join("-" * w for w in widths))
     head = (f"{result['model']} · {result['dataset']}/{result['split']} · {result['n_samples']} images · "
-            f"labels {result['labels']}")
+            f"labels {result['labels']}" + (f" · protocol {result['protocol']}" if result.get("protocol", "bench") != "bench"
+                                             else ""))
     return head + "\n" + "\n".join(lines)
 
 

@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.cli_common import add_encoding_args, add_knowledge_args, encoding_options, knowledge_options, split_multi
+from bench.cli_common import (
+    add_encoding_args,
+    add_knowledge_args,
+    add_protocol_args,
+    encoding_options,
+    knowledge_options,
+    split_multi,
+)
 from bench.errors import BenchError
 
 EPILOG = """examples:
@@ -17,6 +24,9 @@ EPILOG = """examples:
   bench study negation --model demo --dataset digits --probe-mode replace
   bench study labels   --model demo --dataset digits --variant numerals
   bench study knowledge --model demo --dataset digits --labels my-digits.yaml --cupl cupl.json
+  bench study labels   --model cn-vit-b16 --dataset imagenet-1k --variant protocol:cn-clip  (ours vs its label_cn.txt)
+  bench study sets     --model cn-vit-b16 --dataset food-101 --sets openai-zh protocol:cn-clip
+  bench study prompts  --model vit-b16 --dataset cifar-10 --protocol elevater      (scored as ELEVATER scores)
 """
 
 
@@ -35,6 +45,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="at most N images per split (stratified)")
     p.add_argument("--skip-bad-images", action="store_true")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    add_protocol_args(p)
 
 
 def register_cli(subparsers) -> None:
@@ -118,7 +129,7 @@ def cmd_study(args) -> int:
     opts = RunOptions(
         out=args.out, cache_dir=args.cache_dir or default_cache_dir(), data_root=args.data_root or default_data_root(),
         split=args.split, prompts=args.prompts, labels=args.labels, language=args.language, device=args.device,
-        **encoding, limit=args.limit, skip_bad_images=args.skip_bad_images,
+        protocol=args.protocol, precision=args.precision, **encoding, limit=args.limit, skip_bad_images=args.skip_bad_images,
         progress=sys.stderr.isatty() if args.progress is None else args.progress)
     results = run_study(args.kind, split_multi(args.model), split_multi(args.dataset), opts, **kwargs)
     for r in results:

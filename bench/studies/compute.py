@@ -4,18 +4,36 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from bench.metrics import compute_metrics, confusion_matrix, get_metric, per_class_recall
-from bench.zeroshot import LOGIT_SCALE, class_embeddings, normalize, scores
+from bench.zeroshot import LOGIT_SCALE, class_embeddings, normalize, protocol_scores, scores
 
 
-def evaluate(features: torch.Tensor, per_prompt: torch.Tensor, targets: np.ndarray, metric: str) -> dict:
+@dataclass(frozen=True)
+class Scoring:
+    """What a protocol's metrics are computed on (`logits` or `softmax100`) and whose definitions compute
+    them (`bench`, `elevater`, `clip_benchmark`): a study under --protocol scores its arms as a run would."""
+
+    scores: str = "logits"
+    implementation: str = "bench"
+
+    def metrics(self, logits: np.ndarray, targets: np.ndarray, metric: str) -> dict:
+        s = logits if self.scores == "logits" else protocol_scores(torch.from_numpy(logits), self.scores).numpy()
+        return compute_metrics(s, targets, metric, implementation=self.implementation)
+
+
+BENCH_SCORING = Scoring()
+
+
+def evaluate(features: torch.Tensor, per_prompt: torch.Tensor, targets: np.ndarray, metric: str,
+             scoring: Scoring = BENCH_SCORING) -> dict:
     """Metrics of the zero-shot classifier built from [C, T, D] prompt embeddings (the runner's exact path)."""
     logits = scores(features, class_embeddings(per_prompt)).numpy()
-    return compute_metrics(logits, targets, metric)
+    return scoring.metrics(logits, targets, metric)
 
 
 def ensemble_logits(features: torch.Tensor, per_prompt: torch.Tensor) -> np.ndarray:
@@ -45,12 +63,13 @@ def template_logits(features: torch.Tensor, per_prompt: torch.Tensor) -> np.ndar
     return (LOGIT_SCALE * normalize(features) @ flat.T).reshape(-1, c, t).numpy()
 
 
-def per_template(features: torch.Tensor, per_prompt: torch.Tensor, targets: np.ndarray, metric: str) -> list[dict]:
+def per_template(features: torch.Tensor, per_prompt: torch.Tensor, targets: np.ndarray, metric: str,
+                 scoring: Scoring = BENCH_SCORING) -> list[dict]:
     """{primary, top1} of every template alone (a one-template ensemble, as a one-template prompt set gives)."""
     logits = template_logits(features, per_prompt)
     out = []
     for t in range(per_prompt.shape[1]):
-        m = compute_metrics(np.ascontiguousarray(logits[:, :, t]), targets, metric)
+        m = scoring.metrics(np.ascontiguousarray(logits[:, :, t]), targets, metric)
         out.append({"primary": m["primary"], "top1": m["top1"]})
     return out
 

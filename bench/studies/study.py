@@ -17,7 +17,20 @@ from bench.errors import BenchError
 from bench.labels import Labels, label_file, parse_label_file, resolve_labels
 from bench.models import ModelSpec, resolve_model
 from bench.prompts import PromptSet, is_path_arg, load_prompt_set
-from bench.runner import DatasetRef, Runner, RunOptions, load_data, resolve_datasets, target_array, unknown_labels
+from bench.protocols import REF_PREFIX as PROTOCOL_REF
+from bench.protocols import load_protocol
+from bench.runner import (
+    DatasetRef,
+    Runner,
+    RunOptions,
+    load_data,
+    protocol_labels_arg,
+    protocol_language,
+    protocol_prompt_set,
+    resolve_datasets,
+    target_array,
+    unknown_labels,
+)
 from bench.studies import compute
 
 log = logging.getLogger(__name__)
@@ -44,21 +57,32 @@ class Study:
     def __init__(self, opts: RunOptions):
         self.opts = opts
         self.runner = Runner(opts)
+        # the protocol's transform, precision and text normalisation reach features and prompts through the
+        # runner; its scores and metric implementation reach every arm's metrics through this
+        self.scoring = compute.Scoring(self.runner.protocol.scores, self.runner.protocol.metric_implementation)
 
-    def split(self, spec: ModelSpec, data: SplitData) -> Split:
-        feats = self.runner.image_features(self.runner.backend(spec), data)
+    def split(self, spec: ModelSpec, data: SplitData, ref: DatasetRef) -> Split:
+        feats = self.runner.image_features(self.runner.backend(spec, ref.spec.name), data)
         return Split(data, feats.features, target_array(data, feats.indices), feats.key, feats.n_encoded,
                      feats.seconds)
 
     def test_split(self, spec: ModelSpec, ref: DatasetRef) -> Split:
-        return self.split(spec, load_data(ref, self.opts.split, self.opts.limit))
+        return self.split(spec, load_data(ref, self.opts.split, self.opts.limit), ref)
 
     def labels(self, spec: ModelSpec, ref: DatasetRef, arg: str | None) -> Labels:
-        """The labels `arg` names; warns, as `bench run` does, about names that tokenize to [UNK]."""
+        """The labels `arg` names (None: the protocol's, `protocol:NAME`: that protocol's label source, e.g.
+        `protocol:cn-clip` for the folder's label_cn.txt); warns, as `bench run` does, about [UNK] names."""
+        proto, language = self.runner.protocol, self.runner.language(spec)
+        if arg is not None and arg.startswith(PROTOCOL_REF):
+            proto = load_protocol(arg[len(PROTOCOL_REF):])
+            language = protocol_language(proto) or language
+            arg = protocol_labels_arg(proto, ref.spec, language)
+        elif arg is None:
+            arg = protocol_labels_arg(proto, ref.spec, language)
         # a label file is matched to a plain folder's class folders by name, so it needs the data too
         needs_data = arg == "dataset" or (arg is not None and is_path_arg(arg))
-        labels = resolve_labels(arg, ref.spec, self.runner.language(spec),
-                                load_data(ref, self.opts.split, None) if needs_data else None)
+        labels = resolve_labels(arg, ref.spec, language, load_data(ref, self.opts.split, None) if needs_data else None,
+                                duplicates=proto.duplicate_labels)
         unknown_labels(self.runner.backend(spec), labels)
         return labels
 
@@ -77,7 +101,12 @@ class Study:
         return per_prompt
 
     def prompt_set(self, spec: ModelSpec, name: str | None = None) -> PromptSet:
-        ps = load_prompt_set(name) if name else self.runner.prompt_set(spec)
+        """The prompt set `name` (None: the protocol's; `protocol:NAME`: that protocol's templates, e.g.
+        `protocol:cn-clip` for the lists read from the installed cn_clip)."""
+        if name is not None and name.startswith(PROTOCOL_REF):
+            ps = protocol_prompt_set(load_protocol(name[len(PROTOCOL_REF):]), spec)
+        else:
+            ps = load_prompt_set(name) if name else self.runner.prompt_set(spec)
         language = self.runner.language(spec)
         if ps.language != language:
             log.warning("prompt set %s is %s but %s is evaluated in %s", ps.name, ps.language, spec.name, language)
@@ -85,9 +114,12 @@ class Study:
 
     def header(self, task: str, spec: ModelSpec, ref: DatasetRef, test: Split, started: float, ps: PromptSet,
                **extra) -> dict:
-        backend = self.runner.backend(spec)
+        backend = self.runner.backend(spec, ref.spec.name)
+        proto = self.runner.protocol
         return {
             "model": spec.name, "dataset": ref.spec.name, "split": test.data.split, "task": task,
+            "protocol": proto.name, "precision": self.runner.precision, "scores": proto.scores,
+            "metrics_implementation": proto.metric_implementation,
             "language": self.runner.language(spec), "n_samples": len(test.targets),
             "n_classes": ref.spec.num_classes, "metric": ref.spec.metric, "limit": self.opts.limit, **extra,
             "cache": {"image_features": test.key, "images_encoded": test.n_encoded},
@@ -156,10 +188,10 @@ def prompts_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, greedy: bool =
     test = st.test_split(spec, ref)
     per_prompt = st.weights(spec, ps, ref.spec.name, labels)
     metric = ref.spec.metric
-    singles = compute.per_template(test.features, per_prompt, test.targets, metric)
+    singles = compute.per_template(test.features, per_prompt, test.targets, metric, st.scoring)
     primaries = [s["primary"] for s in singles]
     rk = compute.ranks(primaries)
-    ensemble = compute.evaluate(test.features, per_prompt, test.targets, metric)
+    ensemble = compute.evaluate(test.features, per_prompt, test.targets, metric, st.scoring)
     picks = compute.best_median_worst(templates, primaries)
     ens_logits = compute.ensemble_logits(test.features, per_prompt)
     single_logits = compute.template_logits(test.features, per_prompt)
@@ -175,10 +207,10 @@ def prompts_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, greedy: bool =
         log.info("%s", greedy_note)
     elif greedy:
         val_data, source = found
-        val = st.split(spec, val_data)  # selection sees only this split's labels
+        val = st.split(spec, val_data, ref)  # selection sees only this split's labels
         sel = compute.greedy_select(val.features, per_prompt, val.targets, metric, max_templates)
         idx = sel["selected"]
-        test_m = compute.evaluate(test.features, per_prompt[:, idx], test.targets, metric)
+        test_m = compute.evaluate(test.features, per_prompt[:, idx], test.targets, metric, st.scoring)
         result_greedy = {"selected": [templates[i] for i in idx], "selected_indices": idx,
                          "val_primary": sel["val_primary"], "test_primary": test_m["primary"],
                          "test_top1": test_m["top1"], "val_source": source, "n_val": len(val.targets),
@@ -214,7 +246,7 @@ def sets_study(st: Study, spec: ModelSpec, ref: DatasetRef, sets: list[str]) -> 
         sets_loaded.append(ps)
         templates = ps.templates_for(ref.spec.name)
         per_prompt = st.weights(spec, ps, ref.spec.name, labels)
-        m = compute.evaluate(test.features, per_prompt, test.targets, ref.spec.metric)
+        m = compute.evaluate(test.features, per_prompt, test.targets, ref.spec.metric, st.scoring)
         logits.append(compute.ensemble_logits(test.features, per_prompt))
         rows.append({"name": ps.name, "path": ps.path, "n_templates": len(templates), "primary": m["primary"],
                      "top1": m["top1"]})
@@ -227,7 +259,7 @@ def sets_study(st: Study, spec: ModelSpec, ref: DatasetRef, sets: list[str]) -> 
         # paired on the same images: is the difference from the first set real? (docs/analysis.md)
         r["paired"] = compute.paired(lg, logits[0], test.targets, ref.spec.metric) if r is not rows[0] else None
     union_w = torch.stack(union_cols, dim=1)
-    union = compute.evaluate(test.features, union_w, test.targets, ref.spec.metric)
+    union = compute.evaluate(test.features, union_w, test.targets, ref.spec.metric, st.scoring)
     result = {
         **st.header("study-sets", spec, ref, test, t0, sets_loaded[0], labels=labels.description),
         "sets": rows, "baseline_set": rows[0]["name"],
@@ -257,7 +289,7 @@ def labels_result(st: Study, spec: ModelSpec, ref: DatasetRef, ps: PromptSet, te
     """(labels, metrics, per-class recall + confusion, logits) of the classifier built from one label choice."""
     labels = st.labels(spec, ref, arg)
     per_prompt = st.weights(spec, ps, ref.spec.name, labels)
-    m = compute.evaluate(test.features, per_prompt, test.targets, ref.spec.metric)
+    m = compute.evaluate(test.features, per_prompt, test.targets, ref.spec.metric, st.scoring)
     rep = compute.class_report(compute.predictions(test.features, per_prompt), test.targets, ref.spec.num_classes)
     return labels, m, rep, compute.ensemble_logits(test.features, per_prompt)
 
@@ -413,7 +445,7 @@ def knowledge_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, cupl: str | 
     rows_out, correct = [], {}
     for arm, rows in arms.items():
         per_prompt = st.runner.row_weights(st.runner.backend(spec), rows)
-        m = compute.evaluate(test.features, per_prompt, test.targets, ref.spec.metric)
+        m = compute.evaluate(test.features, per_prompt, test.targets, ref.spec.metric, st.scoring)
         row = {"arm": arm, "primary": m["primary"], "top1": m["top1"], "classes_with_text": coverage[arm],
                "n_prompts": sum(len(r) for r in rows)}
         if single:
