@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 NASTY = 'a <script>alert("x")</script> & \'quoted\' "label"'
 
 
@@ -111,3 +113,13 @@ def zeroshot_scored(root: Path, model: str, dataset: str, scores, targets, metri
         result["per_class"] = per_image.per_class_summary(t, rec["prediction"], s.shape[1])
     path.write_text(json.dumps(result, ensure_ascii=False), encoding="utf-8")
     return path
+
+
+def scores_at_accuracy(t: np.ndarray, classes: int, accuracy: float, seed: int) -> np.ndarray:
+    """Scores whose argmax is the target on about `accuracy` of the images (independently per image)."""
+    rng = np.random.default_rng(seed)
+    s = rng.standard_normal((len(t), classes))
+    right = rng.random(len(t)) < accuracy
+    s[right, t[right]] += 100.0
+    s[~right, t[~right]] -= 100.0
+    return s

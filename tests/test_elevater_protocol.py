@@ -179,12 +179,17 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _voc_folder(tmp_path: Path, n: int, seed: int, image_seed: int) -> Path:
+    """clip-benchmark's wds_voc2007_multilabel with n images of 1-3 random classes each."""
+    rng = np.random.default_rng(seed)
+    labels = [tuple(sorted(rng.choice(20, size=int(rng.integers(1, 4)), replace=False).tolist())) for _ in range(n)]
+    return write_wds(tmp_path / "data" / "wds_voc2007_multilabel", list(get_dataset("voc-2007").classes), labels,
+                     multilabel=True, images=[_png(im) for im in _images(n, seed=image_seed)])
+
+
 def test_voc_11_point_map_equals_vision_evaluations_on_the_same_scores(model_yaml, tmp_path, bench_cli):
     spec = get_dataset("voc-2007")
-    rng = np.random.default_rng(7)
-    labels = [tuple(sorted(rng.choice(20, size=int(rng.integers(1, 4)), replace=False).tolist())) for _ in range(12)]
-    folder = write_wds(tmp_path / "data" / "wds_voc2007_multilabel", list(spec.classes), labels, multilabel=True,
-                       images=[_png(im) for im in _images(12, seed=5)])
+    folder = _voc_folder(tmp_path, 12, seed=7, image_seed=5)
     result, scores, targets, _ = _run(bench_cli, model_yaml, folder, tmp_path)
     assert result["metric"] == "11point_mAP" and targets.shape == (12, 20)
     np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)  # softmax(100·cos), what the server scored
@@ -232,11 +237,7 @@ def test_unknown_transform_in_a_protocol_file_is_refused(tmp_path):
 def test_study_and_prompts_eval_score_as_the_run_does(model_yaml, tmp_path, bench_cli):
     """Under --protocol elevater a study's ensemble and `bench prompts eval` of the protocol's own set give the
     run's number: same transform, templates, labels, softmax scores and vision-evaluation metric."""
-    spec = get_dataset("voc-2007")
-    rng = np.random.default_rng(3)
-    labels = [tuple(sorted(rng.choice(20, size=int(rng.integers(1, 4)), replace=False).tolist())) for _ in range(10)]
-    folder = write_wds(tmp_path / "data" / "wds_voc2007_multilabel", list(spec.classes), labels, multilabel=True,
-                       images=[_png(im) for im in _images(10, seed=2)])
+    folder = _voc_folder(tmp_path, 10, seed=3, image_seed=2)
     run, _, _, _ = _run(bench_cli, model_yaml, folder, tmp_path)
     common = ("--model", model_yaml, "--dataset", folder, "--out", tmp_path / "runs", "--cache-dir",
               tmp_path / "cache", "--workers", "0", "--device", "cpu")

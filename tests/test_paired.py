@@ -7,20 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from report_helpers import scores_at_accuracy
 
 from bench import per_image, stats
 from bench.experiment import per_image_path
 from bench.metrics import compute_metrics, confusion_matrix, per_class_recall
-
-
-def _scores(t: np.ndarray, classes: int, accuracy: float, seed: int) -> np.ndarray:
-    """Scores whose argmax is the target on about `accuracy` of the images (independently per image)."""
-    rng = np.random.default_rng(seed)
-    s = rng.standard_normal((len(t), classes))
-    right = rng.random(len(t)) < accuracy
-    s[right, t[right]] += 100.0
-    s[~right, t[~right]] -= 100.0
-    return s
 
 
 def test_record_matches_the_metrics_with_ties():
@@ -83,15 +74,15 @@ def test_per_class_summary_matches_confusion_matrix():
 def test_paired_single_label_better_model_is_significant_identical_is_not(metric):
     rng = np.random.default_rng(1)
     t = rng.integers(0, 10, 2000)
-    good = per_image.record(_scores(t, 10, 0.85, seed=2), t, metric)
-    bad = per_image.record(_scores(t, 10, 0.70, seed=3), t, metric)
+    good = per_image.record(scores_at_accuracy(t, 10, 0.85, seed=2), t, metric)
+    bad = per_image.record(scores_at_accuracy(t, 10, 0.70, seed=3), t, metric)
     out = stats.paired_compare(good, bad, metric, n_boot=500)
     assert out["p"] < stats.SIGNIFICANCE and out["ci95"][0] > 0 and out["delta"] > 0.1
     assert out["ci95"][0] <= out["delta"] <= out["ci95"][1]
     same = stats.paired_compare(good, good, metric, n_boot=500)
     assert same["delta"] == 0.0 and same["p"] == 1.0 and same["ci95"] == [0.0, 0.0]
     # two equally good models that err on different images: a real but tiny chance difference is not flagged
-    twin = per_image.record(_scores(t, 10, 0.85, seed=4), t, metric)
+    twin = per_image.record(scores_at_accuracy(t, 10, 0.85, seed=4), t, metric)
     assert stats.paired_compare(good, twin, metric, n_boot=500)["p"] > 0.01
 
 

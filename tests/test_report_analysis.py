@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from report_helpers import zeroshot, zeroshot_scored
+from report_helpers import scores_at_accuracy, zeroshot, zeroshot_scored
 from test_report import Cells, md_table, parse
 
 from bench.report import build_report
@@ -15,23 +15,14 @@ from bench.report.sections import NOT_SIGNIFICANT
 EVIL = "m<b>x</b>&'q'"  # a model name that must stay text
 
 
-def _scores(t: np.ndarray, classes: int, accuracy: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    s = rng.standard_normal((len(t), classes))
-    right = rng.random(len(t)) < accuracy
-    s[right, t[right]] += 100.0
-    s[~right, t[~right]] -= 100.0
-    return s
-
-
 @pytest.fixture
 def runs(tmp_path):
     rng = np.random.default_rng(0)
     t = rng.integers(0, 10, 1500)
-    good = _scores(t, 10, 0.85, seed=1)
+    good = scores_at_accuracy(t, 10, 0.85, seed=1)
     root = tmp_path / "runs"
     zeroshot_scored(root, "good", "cifar-10", good, t)
-    zeroshot_scored(root, "bad", "cifar-10", _scores(t, 10, 0.70, seed=2), t)
+    zeroshot_scored(root, "bad", "cifar-10", scores_at_accuracy(t, 10, 0.70, seed=2), t)
     # the same predictions as "good" except for three images: a difference no test should call real
     close = good.copy()
     flip = np.flatnonzero(close.argmax(axis=1) == t)[:3]
@@ -70,7 +61,7 @@ def test_matrix_marks_only_the_non_significant_difference(runs, tmp_path):
 def test_identical_predictions_are_not_significant(tmp_path):
     rng = np.random.default_rng(4)
     t = rng.integers(0, 10, 400)
-    s = _scores(t, 10, 0.8, seed=5)
+    s = scores_at_accuracy(t, 10, 0.8, seed=5)
     zeroshot_scored(tmp_path / "runs", "a", "cifar-10", s, t)
     zeroshot_scored(tmp_path / "runs", "b", "cifar-10", s + 0.0, t)
     _report(tmp_path / "runs", tmp_path / "out", "html")
@@ -97,9 +88,9 @@ def test_results_on_other_images_are_not_paired(tmp_path):
     rng = np.random.default_rng(7)
     t = rng.integers(0, 10, 300)
     root = tmp_path / "runs"
-    zeroshot_scored(root, "a", "cifar-10", _scores(t, 10, 0.9, 1), t)
-    zeroshot_scored(root, "b", "cifar-10", _scores(t, 10, 0.8, 2), t, paths=[f"other/{i}.png" for i in range(300)])
-    zeroshot_scored(root, "c", "cifar-10", _scores(t, 10, 0.8, 3), t,
+    zeroshot_scored(root, "a", "cifar-10", scores_at_accuracy(t, 10, 0.9, 1), t)
+    zeroshot_scored(root, "b", "cifar-10", scores_at_accuracy(t, 10, 0.8, 2), t, paths=[f"other/{i}.png" for i in range(300)])
+    zeroshot_scored(root, "c", "cifar-10", scores_at_accuracy(t, 10, 0.8, 3), t,
                     manifest={"dataset": {"fingerprint": "ffff"}, "created": "2026-11-24T10:00:00+00:00"})
     zeroshot(root, "old", "cifar-10", 0.5)  # written before per-image records existed
     _report(root, tmp_path / "out", "html")
@@ -115,8 +106,8 @@ def test_results_on_other_images_are_not_paired(tmp_path):
 def test_damaged_per_image_record_is_named_not_fatal(tmp_path):
     rng = np.random.default_rng(8)
     t = rng.integers(0, 10, 100)
-    a = zeroshot_scored(tmp_path / "runs", "a", "cifar-10", _scores(t, 10, 0.9, 1), t)
-    zeroshot_scored(tmp_path / "runs", "b", "cifar-10", _scores(t, 10, 0.5, 2), t)
+    a = zeroshot_scored(tmp_path / "runs", "a", "cifar-10", scores_at_accuracy(t, 10, 0.9, 1), t)
+    zeroshot_scored(tmp_path / "runs", "b", "cifar-10", scores_at_accuracy(t, 10, 0.5, 2), t)
     a.with_name("zeroshot.per_image.npz").write_bytes(b"not a zip")
     _report(tmp_path / "runs", tmp_path / "out", "html")
     (row,) = parse(tmp_path / "out" / "report.html").tables["paired"][1:]
@@ -179,7 +170,7 @@ def test_per_class_table_caps_many_classes(tmp_path):
 
     rng = np.random.default_rng(10)
     t = rng.integers(0, 300, 3000)
-    zeroshot_scored(tmp_path / "runs", "a", "cifar-100", _scores(t, 300, 0.6, 1), t)
+    zeroshot_scored(tmp_path / "runs", "a", "cifar-100", scores_at_accuracy(t, 300, 0.6, 1), t)
     _report(tmp_path / "runs", tmp_path / "out", "html")
     page = parse(tmp_path / "out" / "report.html")
     header, *rows = page.tables["per-class-0"]
