@@ -26,7 +26,6 @@ import io
 import json
 import logging
 import os
-import tarfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -278,7 +277,7 @@ def load_wds(spec: DatasetSpec, folder: Path, split: str) -> RetrievalSplit:
     for shard in parts:
         st = shard.stat()
         h.update(f"{shard.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        for key, image, raw in _wds_samples(shard):
+        for key, image, raw in wds.tar_samples(shard, "txt"):
             where = f"{shard}:{key}"
             if image is None or raw is None:
                 raise BenchError(f"{where}: sample has no {'image' if image is None else 'txt'} member")
@@ -297,34 +296,6 @@ def load_wds(spec: DatasetSpec, folder: Path, split: str) -> RetrievalSplit:
                 text_ids.append(f"{paths[-1]}#{n}")
     return _finish(spec, split, split_dir, "wds-retrieval", paths, h, texts, text_images, text_ids, spans,
                    str(split_dir))
-
-
-def _wds_samples(shard: Path):
-    """(key, image TarInfo, raw txt bytes) per sample, members grouped by key as webdataset does."""
-    current, image, txt = None, None, None
-    try:
-        with tarfile.open(shard, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base = os.path.basename(member.name)
-                if "." not in base:
-                    continue
-                stem, ext = base.split(".", 1)
-                key = f"{os.path.dirname(member.name)}/{stem}"
-                if key != current:
-                    if current is not None:
-                        yield current, image, txt
-                    current, image, txt = key, None, None
-                ext = ext.lower()
-                if ext in wds.IMAGE_EXTS:
-                    image = member
-                elif ext == "txt":
-                    txt = tar.extractfile(member).read()
-    except tarfile.TarError as exc:
-        raise BenchError(f"{shard}: not a readable tar shard ({exc}); re-download it") from None
-    if current is not None:
-        yield current, image, txt
 
 
 # ----------------------------------------------------------------------------- plain folder + captions file

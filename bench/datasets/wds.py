@@ -16,6 +16,7 @@ import io
 import os
 import re
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -112,9 +113,12 @@ def load_split(spec: DatasetSpec, folder: Path, split: str) -> SplitData:
                      fingerprint=h.hexdigest(), spans=tuple(spans))
 
 
-def _samples(shard: Path, label_ext: str, n_classes: int):
-    """(key, image TarInfo, decoded label) per sample, in shard order; members grouped by key."""
-    current, image, label = None, None, None
+def tar_samples(shard: Path, extra_ext: str, decode: Callable[[bytes, str], object] | None = None):
+    """(key, image TarInfo, the `extra_ext` member decoded, or its raw bytes) per sample, in shard order.
+
+    Members are grouped by key as webdataset groups them (directory + name up to the first dot); a sample
+    without the member gets None. `decode(raw, where)` receives `shard:member` for its error messages."""
+    current, image, extra = None, None, None
     try:
         with tarfile.open(shard, mode="r:") as tar:
             for member in tar:
@@ -127,18 +131,23 @@ def _samples(shard: Path, label_ext: str, n_classes: int):
                 key = f"{os.path.dirname(member.name)}/{stem}"
                 if key != current:
                     if current is not None:
-                        yield current, image, label
-                    current, image, label = key, None, None
+                        yield current, image, extra
+                    current, image, extra = key, None, None
                 ext = ext.lower()
                 if ext in IMAGE_EXTS:
                     image = member
-                elif ext == label_ext:
+                elif ext == extra_ext:
                     raw = tar.extractfile(member).read()
-                    label = _decode_label(raw, ext, f"{shard}:{member.name}", n_classes)
+                    extra = decode(raw, f"{shard}:{member.name}") if decode else raw
     except tarfile.TarError as exc:
         raise BenchError(f"{shard}: not a readable tar shard ({exc}); re-download it") from None
     if current is not None:
-        yield current, image, label
+        yield current, image, extra
+
+
+def _samples(shard: Path, label_ext: str, n_classes: int):
+    """(key, image TarInfo, decoded label) per sample, in shard order."""
+    return tar_samples(shard, label_ext, lambda raw, where: _decode_label(raw, label_ext, where, n_classes))
 
 
 def hub_repo(spec: DatasetSpec) -> str | None:
