@@ -24,9 +24,9 @@ EPILOG = """examples:
   bench study negation --model demo --dataset digits --probe-mode replace
   bench study labels   --model demo --dataset digits --variant numerals
   bench study knowledge --model demo --dataset digits --labels my-digits.yaml --cupl cupl.json
-  bench study labels   --model cn-vit-b16 --dataset imagenet-1k --variant protocol:cn-clip  (ours vs its label_cn.txt)
-  bench study sets     --model cn-vit-b16 --dataset food-101 --sets openai-zh protocol:cn-clip
-  bench study prompts  --model vit-b16 --dataset cifar-10 --protocol elevater      (scored as ELEVATER scores)
+  bench study labels   --model vit-b16 --dataset imagenet-1k --variant protocol:cn-clip  (ours vs its label_cn.txt)
+  bench study sets     --model vit-b16 --dataset food-101 --sets openai-zh protocol:cn-clip
+  bench study prompts  --model openai/vit-b16 --dataset cifar-10 --protocol elevater     (scored as ELEVATER scores)
 """
 
 
