@@ -298,7 +298,7 @@ class Runner:
         check_writable(opts.cache_dir, "cache directory")
         self.features = FeatureCache(opts.cache_dir, opts.shard_size)
         self.texts = TextCache(opts.cache_dir)
-        self._backends: dict[str, Backend] = {}
+        self._backends: dict[tuple[str, str], Backend] = {}  # (model, image transform)
 
     def backend(self, spec: ModelSpec, dataset: str | None = None) -> Backend:
         """The loaded model, with the image transform the protocol uses on `dataset` (registry name; None:
