@@ -236,8 +236,10 @@ def resolve_labels(arg: str | None, spec: DatasetSpec, language: str, data: Spli
             fname = {"en": "label.txt", "zh": "label_cn.txt"}[language]
             raise BenchError(f"--labels dataset: {spec.name} has no {fname} beside its splits")
         names = data.class_names[language]
-        # a plain folder's names are its class folders: never record a label.txt that does not exist
+        # a plain folder's names are its class folders, a webdataset's its classnames.txt: never record a
+        # label.txt that does not exist
         labels = Labels(names, f"{data.root} (class folder names)" if data.source == "folder" else
+                        str(Path(data.root).parent / "classnames.txt") if data.source == "wds" else
                         str(Path(data.root).parent / {"en": "label.txt", "zh": "label_cn.txt"}[language]))
         check_language(names, language, labels.source)
     elif arg is not None and is_path_arg(arg):

@@ -440,18 +440,25 @@ def _cb_topk(s: np.ndarray, t: np.ndarray, k: int) -> float:
     return float((top == t[:, None]).any(axis=1).mean())
 
 
+def unsupported(implementation: str, metric: str, multilabel: bool) -> str | None:
+    """Why `implementation` cannot score a dataset with primary `metric` (None: it can), so a run can refuse
+    before encoding anything rather than after."""
+    if implementation == "clip_benchmark" and (multilabel or metric not in ("accuracy", "mean_per_class")):
+        return (f"metric implementation 'clip_benchmark' defines accuracy and mean_per_class for single-label "
+                f"targets only (its zero-shot evaluate() reports acc1, acc5, mean_per_class_recall); got "
+                f"{metric!r}{' with multi-label targets' if multilabel else ''}")
+    return None
+
+
 def _clip_benchmark_metrics(s: np.ndarray, t: np.ndarray, multilabel: bool,
                             metric: Metric) -> dict[str, float | None]:
     """CLIP_benchmark's zero-shot definitions (metrics/zeroshot_classification.py evaluate()):
     acc1, acc5 (only when C >= 5), mean-per-class recall = sklearn balanced_accuracy_score of argmax."""
     from sklearn.metrics import balanced_accuracy_score
 
-    if multilabel or metric.name not in ("accuracy", "mean_per_class"):
-        raise ValueError(
-            f"metric implementation 'clip_benchmark' defines accuracy and mean_per_class for single-label "
-            f"targets only (its zero-shot evaluate() reports acc1, acc5, mean_per_class_recall); got "
-            f"{metric.name!r}{' with multi-label targets' if multilabel else ''}"
-        )
+    reason = unsupported("clip_benchmark", metric.name, multilabel)
+    if reason:
+        raise ValueError(reason)
     mpc = float(balanced_accuracy_score(t, _ranked(s)[:, 0]))
     out: dict[str, float | None] = {
         "top1": _cb_topk(s, t, 1),

@@ -62,3 +62,59 @@ def package_prompt_set(spec: dict, source: str, install_hint: str) -> PromptSet:
                      templates=_template_list(module, spec["default"], source), per_dataset=per_dataset,
                      description=f"read at run time from the installed {spec['module']}",
                      path=str(Path(module.__file__)), name_source="protocol", language_source="protocol")
+
+
+# DataComp's and CLIP_benchmark's webdataset copies ship their templates as text, one per line, rendered by
+# CLIP_benchmark's zero_shot_classifier with `template.format(c=classname)`.
+WDS_TEMPLATES = "zeroshot_classification_templates.txt"
+
+
+def template_from_format(text: str, where: str) -> str:
+    """A `str.format` template with one `{c}` field (CLIP_benchmark's) as a jinja2 template string.
+
+    Literal braces (`{{`/`}}`), any other field, a format spec or a conversion are refused: CLIP_benchmark
+    would fail on them or render something that is not one class name in fixed text."""
+    import string
+
+    out, fields = [], 0
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise BenchError(f"{where}: not a str.format template ({exc}): {text!r}") from None
+    for literal, field, spec, conversion in parsed:
+        if "{" in literal or "}" in literal:  # a literal brace ({{ in str.format) would read as jinja2 markup
+            raise BenchError(f"{where}: the template's text contains literal braces ({text!r})")
+        out.append(literal)
+        if field is None:
+            continue
+        if field != "c" or spec or conversion:
+            raise BenchError(f"{where}: the template's field {{{field}{'!' + conversion if conversion else ''}"
+                             f"{':' + spec if spec else ''}}} is not CLIP_benchmark's plain {{c}} ({text!r})")
+        out.append("{{ label }}")
+        fields += 1
+    if fields != 1:
+        raise BenchError(f"{where}: the template must insert the class name ({{c}}) exactly once, "
+                         f"it does {fields} times ({text!r})")
+    return "".join(out)
+
+
+def wds_prompt_set(folder: Path, protocol: str) -> PromptSet:
+    """The templates a webdataset folder ships (`zeroshot_classification_templates.txt`), read as
+    CLIP_benchmark reads them: every line stripped, in order, repeats kept."""
+    path = Path(folder) / WDS_TEMPLATES
+    if not path.is_file():
+        raise BenchError(f"{folder}: no {WDS_TEMPLATES}, which protocol {protocol} takes its templates from; "
+                         "use the DataComp or clip-benchmark webdataset copy (`bench datasets prepare NAME "
+                         "--copy datacomp`) or a folder exported by clip_benchmark_export_wds")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    blank = [i for i, line in enumerate(lines, start=1) if not line]
+    if blank:  # CLIP_benchmark would encode an empty prompt for each: never guess what was meant
+        raise BenchError(f"{path}: blank line(s) {', '.join(map(str, blank[:5]))}; CLIP_benchmark would encode "
+                         "an empty prompt for each one; remove them")
+    templates = tuple(template_from_format(t, f"{path}:{i}") for i, t in enumerate(lines, start=1))
+    if not templates:
+        raise BenchError(f"{path}: no templates")
+    return PromptSet(name=f"{Path(folder).name}/{WDS_TEMPLATES}", language="en", templates=templates,
+                     description=f"the webdataset folder's own templates ({protocol} protocol)", path=str(path),
+                     lines={("templates", i - 1): i for i in range(1, len(templates) + 1)},
+                     name_source="protocol", language_source="protocol")

@@ -1,8 +1,8 @@
 """Protocol registry: one YAML per protocol under bench/registry/protocols/ (see docs/protocols.md).
 
-A protocol fixes everything that changes a number apart from the model and the images. `bench` and `cn-clip`
-run end to end; the others are registered (listed, recorded) and refused at run time with a clear error
-until their pieces land, rather than silently running under bench's settings."""
+A protocol fixes everything that changes a number apart from the model and the images. Every shipped protocol
+runs end to end; one the runner cannot honour (RUNNABLE) is listed and recorded, but refused at run time with a
+clear error rather than silently run under bench's settings."""
 
 from __future__ import annotations
 
@@ -21,7 +21,13 @@ IMPLEMENTATIONS = ("bench", "elevater", "clip_benchmark")
 REF_PREFIX = "protocol:"
 # `labels:` values that name a variant of bench's shipped label files (taken where the file defines it)
 LABEL_VARIANTS = ("elevater",)
-RUNNABLE = ("bench", "cn-clip", "elevater")  # protocols whose every setting the runner implements today
+RUNNABLE = ("bench", "cn-clip", "elevater", "datacomp")  # protocols whose every setting the runner implements
+# `templates:`/`labels:` sources read from the dataset folder itself, with the language their files are in:
+# `wds` is a webdataset copy's zeroshot_classification_templates.txt and classnames.txt (DataComp, clip-benchmark)
+FOLDER_SOURCES = {"wds": "en"}
+# `data:` the copy of each dataset a protocol expects: a source a copy must have (bench.datasets.sources), and the
+# copy `bench datasets prepare --copy` fetches and the runner looks for first ("" = any copy, the default search)
+DATA_COPIES = {"elevater-cn": ("", ""), "elevater": ("", ""), "datacomp": ("wds", "datacomp")}
 TEMPLATE_KEYS = {"module", "language", "default", "per_dataset", "install"}
 # Text normalisations by name: "module:function" applied to every rendered prompt before tokenizing.
 TEXT_NORMALISATIONS = {"none": None, "cn_clip": "bench.backends.hf:normalize_cn_text"}
@@ -74,6 +80,8 @@ def _load(path: Path) -> Protocol:
                              f"unknown: {', '.join(sorted(extra)) or 'none'}")
     elif not isinstance(proto.templates, str):
         raise BenchError(f"{path}: templates must be a source name or a mapping with module and default")
+    if proto.data not in DATA_COPIES:
+        raise BenchError(f"{path}: data is '{proto.data}', expected one of {', '.join(DATA_COPIES)}")
     if proto.name != path.stem:
         raise BenchError(f"{path}: name '{proto.name}' does not match the file name '{path.stem}'")
     return proto
@@ -142,6 +150,16 @@ def text_normaliser(proto: Protocol):
 
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def required_source(proto: Protocol) -> str:
+    """The dataset source (layout) a protocol's data must come from: `wds` for datacomp; "" for any."""
+    return DATA_COPIES[proto.data][0]
+
+
+def preferred_copy(proto: Protocol) -> str:
+    """The registry `sources:` key of the copy a protocol expects (looked for first); "" for the default search."""
+    return DATA_COPIES[proto.data][1]
 
 
 def templates_source(proto: Protocol) -> str:

@@ -32,10 +32,10 @@ from bench.experiment import experiment, logits_path, per_image_path, result_ste
 from bench.features import ImageFeatures, image_features, text_embeddings
 from bench.knowledge import KnowledgeConfig, load_knowledge
 from bench.labels import Labels, label_variants, resolve_labels
-from bench.metrics import compute_metrics
+from bench.metrics import compute_metrics, unsupported
 from bench.models import ModelSpec, resolve_model
 from bench.prompts import ClassTexts, PromptSet, load_prompt_set
-from bench.protocol_prompts import package_prompt_set
+from bench.protocol_prompts import package_prompt_set, wds_prompt_set
 from bench.retrieval import retrieval_metrics
 from bench.validation import require_valid
 from bench.zeroshot import LOGIT_SCALE, PerPrompt, class_embeddings, n_prompts, normalize, protocol_scores, scores
@@ -96,29 +96,48 @@ def bootstrap_record(metric: str, n_boot: int) -> dict:
             "resampling": "test images with replacement; stratified by class for binary and multi-label sets"}
 
 
-def prepare_command(spec: DatasetSpec) -> str:
-    return f"bench datasets prepare {spec.name} --data-root DIR"
+def prepare_command(spec: DatasetSpec, copy: str = "") -> str:
+    """The command that fetches `spec` (the webdataset copy `copy`, e.g. datacomp, when it has one)."""
+    flag = f" --copy {copy}" if copy and spec.sources.get(copy) else ""
+    return f"bench datasets prepare {spec.name}{flag} --data-root DIR"
 
 
-def _missing(spec: DatasetSpec, data_root: Path) -> str:
+def _missing(spec: DatasetSpec, data_root: Path, copy: str = "") -> str:
     return (f"dataset {spec.name} not found under {data_root} (looked for "
-            f"{', '.join(sources.folder_names(spec))}); run `{prepare_command(spec)}`")
+            f"{', '.join(sources.folder_names(spec, copy))}); run `{prepare_command(spec, copy)}`")
 
 
-def resolve_datasets(names: list[str], data_root: Path,
-                     kinds: tuple[str, ...] = ("classification",)) -> tuple[list[DatasetRef], list[str]]:
-    """Datasets to run (folder + source), and a note per `all` member that is not under `data_root`
-    (`all`: the registered sets of the given task kinds)."""
+def protocol_misfit(proto: protocols.Protocol | None, ref: DatasetRef) -> BenchError | None:
+    """Why `proto` cannot run on `ref` (a copy without its label/template files, a metric it does not define)."""
+    if proto is None or ref.spec.task != "classification":
+        return None
+    try:
+        check_protocol_data(proto, ref)
+        check_metric_implementation(proto, ref.spec)
+    except BenchError as exc:
+        return exc
+    return None
+
+
+def resolve_datasets(names: list[str], data_root: Path, kinds: tuple[str, ...] = ("classification",),
+                     protocol: protocols.Protocol | None = None) -> tuple[list[DatasetRef], list[str]]:
+    """Datasets to run (folder + source), and a note per `all` member that is not under `data_root` or that
+    `protocol` cannot run on (`all`: the registered sets of the given task kinds). The copy `protocol` expects
+    (DataComp's webdatasets under datacomp) is looked for first; a named dataset it cannot run on is an error."""
     refs: list[DatasetRef] = []
     missing: list[str] = []
+    prefer = protocols.preferred_copy(protocol) if protocol is not None else ""
     for name in names:
         path = Path(name)
         if name == "all":
             specs = [s for kind in kinds for s in list_datasets(include_optional=False, include_demo=False, task=kind)]
             for spec in specs:
-                ref = sources.locate(spec, data_root)
+                ref = sources.locate(spec, data_root, prefer=prefer)
+                misfit = protocol_misfit(protocol, ref) if ref is not None else None
                 if ref is None:
-                    missing.append(f"{spec.name}: not found under {data_root} (run `{prepare_command(spec)}`)")
+                    missing.append(f"{spec.name}: not found under {data_root} (run `{prepare_command(spec, prefer)}`)")
+                elif misfit is not None:
+                    missing.append(str(misfit))
                 else:
                     refs.append(ref)
             continue
@@ -127,15 +146,18 @@ def resolve_datasets(names: list[str], data_root: Path,
             refs.append(sources.ref_for_path(path))
             continue
         spec = get_dataset(name)
-        ref = sources.locate(spec, data_root)
+        ref = sources.locate(spec, data_root, prefer=prefer)
         if ref is None and spec.sources.get("generated") in GENERATORS:
             folder = GENERATORS[spec.sources["generated"]](data_root / spec.folder_names[0])
             ref = DatasetRef(spec, folder, sources.detect(folder) or "elevater")
         if ref is None:
             if not data_root.exists():
                 raise BenchError(f"data root {data_root} does not exist; pass --data-root DIR or set BENCH_DATA")
-            raise BenchError(_missing(spec, data_root))
+            raise BenchError(_missing(spec, data_root, prefer))
         refs.append(ref)
+    for ref in refs:  # named datasets (those of `all` that cannot run are notes above)
+        if (misfit := protocol_misfit(protocol, ref)) is not None:
+            raise misfit
     seen = set()
     unique = [r for r in refs if not (r.folder.resolve() in seen or seen.add(r.folder.resolve()))]
     return unique, missing
@@ -209,6 +231,8 @@ def protocol_language(proto: protocols.Protocol) -> str | None:
     source = proto.templates
     if isinstance(source, dict):
         return source.get("language")
+    if source in protocols.FOLDER_SOURCES:
+        return protocols.FOLDER_SOURCES[source]
     if source == "model-default" or not isinstance(source, str):
         return None
     try:
@@ -217,13 +241,19 @@ def protocol_language(proto: protocols.Protocol) -> str | None:
         return None
 
 
-def protocol_prompt_set(proto: protocols.Protocol, spec: ModelSpec, prompts: str | None = None) -> PromptSet:
-    """A protocol's templates for `spec`: read from a package (cn-clip), a prompt set it names (elevater),
-    else `prompts` (--prompts) or the model's default set (bench)."""
+def protocol_prompt_set(proto: protocols.Protocol, spec: ModelSpec, prompts: str | None = None,
+                        ref: DatasetRef | None = None) -> PromptSet:
+    """A protocol's templates for `spec`: read from a package (cn-clip), from the dataset folder `ref`
+    (datacomp), a prompt set it names (elevater), else `prompts` (--prompts) or the model's default set (bench)."""
     source = proto.templates
     if isinstance(source, dict):
         return package_prompt_set(source, f"protocol {proto.name} ({proto.path})",
                                   source.get("install", "pip install -e '.[cn-clip]'"))
+    if source in protocols.FOLDER_SOURCES:
+        if ref is None:
+            raise BenchError(f"protocol '{proto.name}' reads its templates from each dataset folder; name a dataset")
+        check_protocol_data(proto, ref)
+        return wds_prompt_set(ref.folder, proto.name)
     if source != "model-default":
         return load_prompt_set(source)
     return load_prompt_set(prompts or spec.default_prompts)
@@ -237,9 +267,33 @@ def protocol_labels_arg(proto: protocols.Protocol, spec: DatasetSpec | None, lan
     source = proto.labels
     if source == "bench":
         return labels
+    if source in protocols.FOLDER_SOURCES:  # the folder's own class names (check_protocol_data: the right copy)
+        return "dataset"
     if source in protocols.LABEL_VARIANTS and spec is not None and language is not None:
         return source if source in label_variants(spec.name, language) else None
     return source
+
+
+def check_protocol_data(proto: protocols.Protocol, ref: DatasetRef) -> None:
+    """Refuse a dataset copy the protocol cannot read its templates or class names from (datacomp needs a
+    webdataset copy: an ELEVATER folder has neither classnames.txt nor the templates file)."""
+    need = protocols.required_source(proto)
+    if need and ref.source != need:
+        copy = protocols.preferred_copy(proto)
+        raise BenchError(f"{ref.spec.name}: protocol '{proto.name}' reads the class names and templates of the "
+                         f"{need} copy (classnames.txt, zeroshot_classification_templates.txt), but the copy found is "
+                         f"the {ref.source} folder {ref.folder}; run `bench datasets prepare {ref.spec.name} --copy "
+                         f"{copy}` (it is then found first) or pass the webdataset folder's path as --dataset")
+
+
+def check_metric_implementation(proto: protocols.Protocol, spec: DatasetSpec) -> None:
+    """Refuse, before any encoding, a dataset whose metric the protocol's metric implementation does not define
+    (CLIP_benchmark's has no 11-point mAP or ROC AUC)."""
+    reason = unsupported(proto.metric_implementation, spec.metric, spec.multilabel)
+    if reason:
+        voc = " (open_clip's voc2007 is another task: single-label top-1 on object crops)" if spec.multilabel else ""
+        raise BenchError(f"{spec.name}: protocol '{proto.name}' cannot score it: {reason}{voc}; run it under "
+                         "--protocol bench or elevater")
 
 
 def check_protocol_overrides(proto: protocols.Protocol, opts: RunOptions) -> None:
@@ -320,11 +374,11 @@ class Runner:
         or the model's."""
         return protocol_language(self.protocol) or self.opts.language or spec.language
 
-    def prompt_set(self, spec: ModelSpec) -> PromptSet:
-        """The protocol's templates: read from a package (cn-clip), a set it names, else --prompts or the
-        model's default set."""
+    def prompt_set(self, spec: ModelSpec, ref: DatasetRef | None = None) -> PromptSet:
+        """The protocol's templates: read from a package (cn-clip), the dataset folder `ref` (datacomp), a set
+        it names, else --prompts or the model's default set."""
         if not isinstance(self.protocol.templates, dict):  # cheap to load, and it may depend on the model
-            return protocol_prompt_set(self.protocol, spec, self.opts.prompts)
+            return protocol_prompt_set(self.protocol, spec, self.opts.prompts, ref)
         if self.protocol.name not in self._protocol_prompts:  # read from a package once per run
             self._protocol_prompts[self.protocol.name] = protocol_prompt_set(self.protocol, spec)
         return self._protocol_prompts[self.protocol.name]
@@ -381,10 +435,12 @@ class Runner:
     def zeroshot(self, spec: ModelSpec, ref: DatasetRef) -> dict | None:
         opts = self.opts
         t0 = time.perf_counter()
+        check_protocol_data(self.protocol, ref)
+        check_metric_implementation(self.protocol, ref.spec)
         data = load_data(ref, opts.split, opts.limit)
         language = self.language(spec)
         labels = self.labels(ref, language, data)
-        ps = self.prompt_set(spec)
+        ps = self.prompt_set(spec, ref)
         if ps.language != language:
             log.warning("prompt set %s is %s but %s is evaluated in %s", ps.name, ps.language, spec.name, language)
         ps.templates_for(ref.spec.name)  # fail on a missing per-dataset set before encoding images
@@ -481,7 +537,7 @@ class Runner:
         kind = probe.problem_kind(train.y, ref.spec.num_classes)
         if opts.probe_init == "zeroshot":
             labels = self.labels(ref, language, test_data)
-            ps = self.prompt_set(spec)
+            ps = self.prompt_set(spec, ref)
             classes = class_embeddings(self.class_weights(backend, ps, ref.spec.name, labels)).numpy()
             init = probe.init_from_classifier(classes, kind, LOGIT_SCALE)
         impl = self.probe_impl()
@@ -726,7 +782,8 @@ def run(model_names: list[str], dataset_names: list[str], opts: RunOptions,
     """Resolve everything first (fail fast on bad names), then evaluate each model on each dataset."""
     models = [resolve_model(m) for m in model_names]
     refs, missing = resolve_datasets(dataset_names, opts.data_root,
-                                     tuple(dict.fromkeys(TASK_KIND.get(t, "classification") for t in tasks)))
+                                     tuple(dict.fromkeys(TASK_KIND.get(t, "classification") for t in tasks)),
+                                     protocols.load_protocol(opts.protocol))
     for note in missing:
         log.warning("skipping %s", note)
     if not refs:

@@ -48,7 +48,7 @@ def test_protocols_list_cli(bench_cli):
     code, out, _ = bench_cli("protocols", "list", "--json")
     assert code == 0
     rows = {r["name"]: r for r in json.loads(out)}
-    assert rows["bench"]["runnable"] and rows["cn-clip"]["runnable"] and rows["elevater"]["runnable"]
+    assert all(rows[name]["runnable"] for name in ("bench", "cn-clip", "elevater", "datacomp"))
     code, out, _ = bench_cli("protocols", "list")
     assert code == 0 and "datacomp" in out
 

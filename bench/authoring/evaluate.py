@@ -34,16 +34,16 @@ def evaluate_prompt_set(model: str, dataset: str, prompts: str, opts: RunOptions
                         labels: str | None = None) -> dict:
     """Result dict (task `prompts-eval`): the set's ensemble, each template alone, and the baseline set."""
     spec = resolve_model(model)
-    refs, _ = resolve_datasets([dataset], opts.data_root)
+    refs, _ = resolve_datasets([dataset], opts.data_root, protocol=protocols.load_protocol(opts.protocol))
     if len(refs) != 1:
         raise BenchError(f"--dataset must name one dataset, got '{dataset}'")
     ref = refs[0]
     runner = Runner(opts)  # checks --protocol and --precision first
     ps = load_prompt_set(prompts)
     if baseline is not None and baseline.startswith(protocols.REF_PREFIX):  # e.g. protocol:cn-clip
-        base = protocol_prompt_set(protocols.load_protocol(baseline[len(protocols.REF_PREFIX):]), spec)
+        base = protocol_prompt_set(protocols.load_protocol(baseline[len(protocols.REF_PREFIX):]), spec, ref=ref)
     else:  # the protocol's templates (bench: the model's default set)
-        base = load_prompt_set(baseline) if baseline else runner.prompt_set(spec)
+        base = load_prompt_set(baseline) if baseline else runner.prompt_set(spec, ref)
     for s in (ps, base):
         s.templates_for(ref.spec.name)  # fail on a missing per-dataset list before encoding anything
         require_valid(s, datasets=(ref.spec.name,))  # what lint calls an error is never evaluated

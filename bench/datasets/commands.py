@@ -19,6 +19,12 @@ from bench.paths import default_data_root
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
+PREPARE_EPILOG = """examples:
+  bench datasets prepare digits                        # generated offline from scikit-learn
+  bench datasets prepare cifar-10                      # clip-benchmark/wds_vtab-cifar10 into the HF cache
+  bench datasets prepare cifar-10 --copy datacomp      # DataComp's djghosh/wds_cifar10_test (--protocol datacomp)
+"""
+
 VERIFY_EPILOG = """examples:
   bench datasets verify kitti-distance --data-root ~/elevater
   bench datasets verify ./data/my-set --json
@@ -32,9 +38,13 @@ def register_cli(sub) -> None:
     dl.add_argument("--json", action="store_true")
     _data_root(dl)
     dl.set_defaults(func=cmd_list)
-    dp = dsub.add_parser("prepare", help="generate (digits) or download (clip-benchmark wds) a dataset")
+    dp = dsub.add_parser("prepare", help="generate (digits) or download (clip-benchmark or DataComp wds) a dataset",
+                         epilog=PREPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     dp.add_argument("name")
     dp.add_argument("--split", action="append", default=None, help="splits to fetch (default: test); repeatable")
+    dp.add_argument("--copy", choices=tuple(wds.COPIES), default="wds",
+                    help="which webdataset copy: wds = clip-benchmark/wds_* (default), datacomp = DataComp's "
+                         "djghosh/wds_*_test (test split only; what --protocol datacomp expects)")
     _data_root(dp)
     dp.set_defaults(func=cmd_prepare)
     dv = dsub.add_parser("verify", help="count samples per class and split, find unreadable images",
@@ -86,14 +96,22 @@ def cmd_prepare(args) -> int:
         folder = GENERATORS[gen](root / spec.folder_names[0])
         print(f"{spec.name}: ready in {folder}")
         return 0
-    repo = wds.hub_repo(spec)
+    repo = wds.hub_repo(spec, args.copy)
+    if repo is None and args.copy != "wds" and wds.hub_repo(spec) is not None:
+        raise BenchError(f"{spec.name}: DataComp's evaluation has no copy of it (no `{args.copy}:` source in "
+                         f"bench/registry/datasets/{spec.name}.yaml); `bench datasets prepare {spec.name}` fetches "
+                         f"{wds.hub_repo(spec)}")
     if repo is None and spec.task == "retrieval":
         raise BenchError(f"{spec.name}: no downloadable source; put Chinese CLIP's released folder "
                          f"'{spec.folder_names[0]}' under {root} (layout: {spec.folder_names[0]}/<split>_imgs.tsv + "
                          f"<split>_texts.jsonl; see docs/retrieval.md)")
     if repo is None:
+        other = next((c for c in wds.COPIES if c != args.copy and wds.hub_repo(spec, c)), None)
         raise BenchError(f"{spec.name}: no downloadable source; put Chinese CLIP's ELEVATER archive folder "
-                         f"'{spec.folder_names[0]}' under {root} (layout: {spec.folder_names[0]}/test/<class id>/<image>)")
+                         f"'{spec.folder_names[0]}' under {root} (layout: {spec.folder_names[0]}/test/<class id>/<image>)"
+                         + (f", or fetch {wds.hub_repo(spec, other)} with --copy {other}" if other else ""))
+    if args.copy == "datacomp" and set(args.split or ["test"]) != {"test"}:
+        raise BenchError(f"{repo} holds the test split only (DataComp evaluates on test); drop --split")
     folder = download_wds(repo, tuple(args.split or ["test"]))
     print(f"{spec.name}: {repo} in the Hugging Face cache at {folder}; `bench run --dataset {spec.name}` finds it there")
     return 0

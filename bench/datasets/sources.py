@@ -82,9 +82,11 @@ def check_not_rejected(name: str) -> None:
 
 
 def by_wds_name(name: str) -> DatasetSpec | None:
+    """The dataset a webdataset folder is a copy of, by its clip-benchmark or DataComp name (with or without
+    the `wds_` prefix): `wds_vtab-cifar10`, `wds_cifar10_test`."""
     wanted = name.lower().removeprefix("wds_")
-    return next((s for s in list_datasets(task=None)
-                 if s.sources.get("wds", "").lower().removeprefix("wds_") == wanted), None)
+    return next((s for s in list_datasets(task=None) for copy in wds.COPIES
+                 if s.sources.get(copy, "").lower().removeprefix("wds_") == wanted), None)
 
 
 def detect(path: Path) -> str | None:
@@ -92,20 +94,31 @@ def detect(path: Path) -> str | None:
     return next((name for name, src in SOURCES.items() if src.detect(path)), None)
 
 
-def folder_names(spec: DatasetSpec) -> tuple[str, ...]:
-    names = list(spec.folder_names)
-    if spec.sources.get("wds"):
-        names += [spec.sources["wds"], spec.sources["wds"].removeprefix("wds_")]
+def folder_names(spec: DatasetSpec, prefer: str = "") -> tuple[str, ...]:
+    """Folder names `spec` may have under a data root; `prefer` (a wds copy, e.g. `datacomp`) first."""
+    names = [spec.sources[prefer]] if prefer and spec.sources.get(prefer) else []
+    names += list(spec.folder_names)
+    for copy in wds.COPIES:
+        if spec.sources.get(copy):
+            names += [spec.sources[copy], spec.sources[copy].removeprefix("wds_")]
     return tuple(dict.fromkeys(names))
 
 
-def locate(spec: DatasetSpec, data_root: Path, use_hub_cache: bool = True) -> DatasetRef | None:
-    """Where `spec` is: a folder under `data_root` in any source's layout, else the HF cache (wds)."""
+def locate(spec: DatasetSpec, data_root: Path, use_hub_cache: bool = True, prefer: str = "") -> DatasetRef | None:
+    """Where `spec` is: a folder under `data_root` in any source's layout, else the HF cache (wds).
+    `prefer`: the webdataset copy a protocol expects (`datacomp`), looked for first, on disk and in the cache."""
+    if prefer:
+        name = spec.sources.get(prefer)
+        if name and detect(data_root / name) == "wds":
+            return DatasetRef(spec, data_root / name, "wds")
+        snapshot = wds.hub_snapshot(spec, prefer) if use_hub_cache else None
+        if snapshot:
+            return DatasetRef(spec, snapshot, "wds")
     for name in folder_names(spec):
         source = detect(data_root / name)
         if source is not None and SOURCES[source].task == spec.task:
             return DatasetRef(spec, data_root / name, source)
-    snapshot = wds.hub_snapshot(spec) if use_hub_cache else None
+    snapshot = next((p for copy in wds.COPIES if (p := wds.hub_snapshot(spec, copy))), None) if use_hub_cache else None
     if snapshot and spec.task == "retrieval":
         return DatasetRef(spec, snapshot, "wds-retrieval") if retrieval.is_wds_retrieval_folder(snapshot) else None
     return DatasetRef(spec, snapshot, "wds") if snapshot else None

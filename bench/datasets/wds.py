@@ -28,6 +28,9 @@ from bench.errors import BenchError
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 HUB_OWNER = "clip-benchmark"
+# Webdataset copies by registry `sources:` key -> Hugging Face owner: clip-benchmark's (`wds: wds_vtab-cifar10`)
+# and DataComp's (`datacomp: wds_cifar10_test`, what its download_evalsets.py fetches for open_clip's table).
+COPIES = {"wds": HUB_OWNER, "datacomp": "djghosh"}
 # Label member per dataset type; the type comes from dataset_type.txt (default classification).
 LABEL_EXT = {"classification": "cls", "multilabel": "npy"}
 
@@ -150,14 +153,15 @@ def _samples(shard: Path, label_ext: str, n_classes: int):
     return tar_samples(shard, label_ext, lambda raw, where: _decode_label(raw, label_ext, where, n_classes))
 
 
-def hub_repo(spec: DatasetSpec) -> str | None:
-    name = spec.sources.get("wds")
-    return f"{HUB_OWNER}/{name}" if name else None
+def hub_repo(spec: DatasetSpec, copy: str = "wds") -> str | None:
+    """The Hugging Face dataset repo of one of `spec`'s webdataset copies (registry `sources:` key)."""
+    name = spec.sources.get(copy)
+    return f"{COPIES[copy]}/{name}" if name and copy in COPIES else None
 
 
-def hub_snapshot(spec: DatasetSpec) -> Path | None:
-    """The dataset's clip-benchmark snapshot in the local Hugging Face cache, without the network."""
-    repo = hub_repo(spec)
+def hub_snapshot(spec: DatasetSpec, copy: str = "wds") -> Path | None:
+    """One of the dataset's webdataset copies in the local Hugging Face cache, without the network."""
+    repo = hub_repo(spec, copy)
     if repo is None:
         return None
     from huggingface_hub import snapshot_download

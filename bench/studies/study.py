@@ -23,6 +23,7 @@ from bench.runner import (
     DatasetRef,
     Runner,
     RunOptions,
+    check_protocol_data,
     load_data,
     protocol_labels_arg,
     protocol_language,
@@ -75,6 +76,7 @@ class Study:
         proto, language = self.runner.protocol, self.runner.language(spec)
         if arg is not None and arg.startswith(PROTOCOL_REF):
             proto = load_protocol(arg[len(PROTOCOL_REF):])
+            check_protocol_data(proto, ref)  # datacomp's names are a webdataset copy's classnames.txt
             language = protocol_language(proto) or language
             arg = protocol_labels_arg(proto, ref.spec, language)
         elif arg is None:
@@ -100,13 +102,14 @@ class Study:
                              "`bench study knowledge` for per-class prompts")
         return per_prompt
 
-    def prompt_set(self, spec: ModelSpec, name: str | None = None) -> PromptSet:
+    def prompt_set(self, spec: ModelSpec, name: str | None = None, ref: DatasetRef | None = None) -> PromptSet:
         """The prompt set `name` (None: the protocol's; `protocol:NAME`: that protocol's templates, e.g.
-        `protocol:cn-clip` for the lists read from the installed cn_clip)."""
+        `protocol:cn-clip` for the lists read from the installed cn_clip, `protocol:datacomp` for the templates
+        file of the webdataset folder `ref`)."""
         if name is not None and name.startswith(PROTOCOL_REF):
-            ps = protocol_prompt_set(load_protocol(name[len(PROTOCOL_REF):]), spec)
+            ps = protocol_prompt_set(load_protocol(name[len(PROTOCOL_REF):]), spec, ref=ref)
         else:
-            ps = load_prompt_set(name) if name else self.runner.prompt_set(spec)
+            ps = load_prompt_set(name) if name else self.runner.prompt_set(spec, ref)
         language = self.runner.language(spec)
         if ps.language != language:
             log.warning("prompt set %s is %s but %s is evaluated in %s", ps.name, ps.language, spec.name, language)
@@ -182,7 +185,7 @@ def prompts_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, greedy: bool =
                   seed: int = 0, max_templates: int | None = None) -> dict:
     """Every template alone, their distribution, the ensemble, and greedy selection (val → test)."""
     t0 = time.perf_counter()
-    ps = st.prompt_set(spec)
+    ps = st.prompt_set(spec, ref=ref)
     templates = list(ps.templates_for(ref.spec.name))
     labels = st.labels(spec, ref, st.opts.labels)
     test = st.test_split(spec, ref)
@@ -242,7 +245,7 @@ def sets_study(st: Study, spec: ModelSpec, ref: DatasetRef, sets: list[str]) -> 
     test = st.test_split(spec, ref)
     rows, union_cols, seen, sets_loaded, logits = [], [], set(), [], []
     for name in sets:
-        ps = st.prompt_set(spec, name)
+        ps = st.prompt_set(spec, name, ref=ref)
         sets_loaded.append(ps)
         templates = ps.templates_for(ref.spec.name)
         per_prompt = st.weights(spec, ps, ref.spec.name, labels)
@@ -281,7 +284,7 @@ def default_variants(spec: ModelSpec, st: Study, ref: DatasetRef) -> list[str | 
 def single_label_setup(st: Study, spec: ModelSpec, ref: DatasetRef, study: str) -> tuple[PromptSet, Split]:
     if ref.spec.multilabel:
         raise BenchError(f"{ref.spec.name} is multi-label; the {study} study needs single-label classes")
-    return st.prompt_set(spec), st.test_split(spec, ref)
+    return st.prompt_set(spec, ref=ref), st.test_split(spec, ref)
 
 
 def labels_result(st: Study, spec: ModelSpec, ref: DatasetRef, ps: PromptSet, test: Split,
@@ -411,7 +414,7 @@ def knowledge_study(st: Study, spec: ModelSpec, ref: DatasetRef, *, cupl: str | 
     from bench.runner import elevater_id
 
     t0 = time.perf_counter()
-    ps = st.prompt_set(spec)
+    ps = st.prompt_set(spec, ref=ref)
     labels = st.labels(spec, ref, st.opts.labels)
     test = st.test_split(spec, ref)
     dataset, language = ref.spec.name, st.runner.language(spec)
@@ -522,7 +525,7 @@ def run_study(kind: str, model_names: list[str], dataset_names: list[str], opts:
     if kind not in STUDIES:
         raise BenchError(f"unknown study '{kind}'; available: {', '.join(STUDIES)}")
     models = [resolve_model(m) for m in model_names]
-    refs, missing = resolve_datasets(dataset_names, opts.data_root)
+    refs, missing = resolve_datasets(dataset_names, opts.data_root, protocol=load_protocol(opts.protocol))
     for note in missing:
         log.warning("skipping %s", note)
     if not refs:
