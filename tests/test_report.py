@@ -125,11 +125,11 @@ def test_published_lookup_by_model_and_dataset(published):
 
 
 def test_deltas_compare_metric_for_metric(published):
-    r = {"metrics": {"top1": 0.951, "mean_per_class": 0.40, "primary": 0.951}}
+    r = {"metrics": {"top1": 0.951, "mean_per_class": 0.40, "primary": 0.951}, "protocol": "cn-clip"}
     c = compare(r, published.lookup("cn-clip/vit-h14", "cifar-10")[0])
     assert c.delta == pytest.approx(95.1 - 96.0) and c.flags == ()
     # aircraft is published as mean-per-class recall: our mean_per_class is compared, not top-1
-    c = compare(r, published.lookup("openclip/vit-h14", "fgvc-aircraft")[0])
+    c = compare({**r, "protocol": "datacomp"}, published.lookup("openclip/vit-h14", "fgvc-aircraft")[0])
     assert c.ours == pytest.approx(40.0) and c.delta == pytest.approx(40.0 - 42.7)
     assert any(str(FLAG_POINTS.__format__("g")) in f for f in c.flags)
 
@@ -137,7 +137,7 @@ def test_deltas_compare_metric_for_metric(published):
 def test_flags_and_caveats(published):
     kitti = published.lookup("cn-clip/vit-h14", "kitti-distance")[0]
     assert {c.id for c in kitti.caveats} >= {"cn-clip-not-reproduced", "cn-clip-server-side"}
-    c = compare({"metrics": {"top1": 0.391}}, kitti)
+    c = compare({"metrics": {"top1": 0.391}, "protocol": "cn-clip"}, kitti)
     assert c.delta == pytest.approx(0.0) and "caveat: see note" in c.flags  # flagged even when close
     voc = published.lookup("openclip/vit-h14", "voc-2007")[0]
     c = compare({"metrics": {"top1": 0.777, "11point_mAP": 0.8}}, voc)
@@ -147,9 +147,46 @@ def test_flags_and_caveats(published):
     assert compare({"metrics": {"top1": 0.5}}, voc_cn).delta is None  # no mAP of ours: no delta from top-1
     euro = published.lookup("openclip/vit-h14", "eurosat")[0]
     assert "caveat: see note" in compare({"metrics": {"top1": 0.728}}, euro).flags
+    # under datacomp the run reads open_clip's own copy: its split is no caveat there
+    assert compare({"metrics": {"top1": 0.728}, "protocol": "datacomp"}, euro).flags == ()
     cifar = published.lookup("openclip/vit-h14", "cifar-10")[0]
-    assert compare({"metrics": {"top1": 0.975 - 0.021}}, cifar).flags == ("|Δ| > 2 points",)
-    assert compare({"metrics": {"top1": 0.975 - 0.019}}, cifar).flags == ()
+    dc = {"protocol": "datacomp"}
+    assert compare({"metrics": {"top1": 0.975 - 0.021}, **dc}, cifar).flags == ("|Δ| > 2 points",)
+    assert compare({"metrics": {"top1": 0.975 - 0.019}, **dc}, cifar).flags == ()
+
+
+def test_published_numbers_are_compared_under_their_own_protocol(published):
+    """Chinese CLIP's table belongs to cn-clip, open_clip's to datacomp: another protocol keeps its Δ, flagged
+    "different protocol", with a caveat naming both; under the table's own protocol there is no such flag."""
+    cifar_cn = published.lookup("cn-clip/vit-h14", "cifar-10")[0]
+    r = {"metrics": {"top1": 0.951}}
+    for protocol, flagged in (("bench", True), ("elevater", True), ("cn-clip", False)):
+        c = compare({**r, "protocol": protocol}, cifar_cn)
+        assert c.delta == pytest.approx(-0.9)  # shown either way
+        assert any(f.startswith("different protocol") for f in c.flags) is flagged
+        assert any(cav.id.startswith("protocol-") and f"'{protocol}'" in cav.note and "'cn-clip'" in cav.note
+                   for cav in c.caveats) is flagged
+    assert "different protocol (bench; published: cn-clip)" in compare(r, cifar_cn).flags  # old results: bench
+    cifar_oc = published.lookup("openclip/vit-h14", "cifar-10")[0]
+    assert "different protocol (cn-clip; published: datacomp)" in compare({**r, "protocol": "cn-clip"}, cifar_oc).flags
+    # a table no protocol claims (retrieval) gets no protocol flag
+    flickr = published.lookup("openclip/vit-h14", "flickr30k")[0]
+    assert not any("protocol" in f for f in compare({"metrics": {flickr.metric: 0.5}}, flickr).flags)
+
+
+def test_another_model_under_a_registry_name_is_not_compared(published):
+    """A model YAML named openai/vit-b16 with other weights is not OpenAI's model: no Δ against its numbers."""
+    from bench.models import resolve_model
+
+    spec = resolve_model("openai/vit-b16")
+    ref = published.lookup("openai/vit-b16", "cifar-10")[0]
+    ran = {"backend": spec.backend, "model": spec.model, "pretrained": spec.pretrained}
+    good = {"model": "openai/vit-b16", "metrics": {"top1": 0.9}, "protocol": "datacomp", "manifest": {"model": ran}}
+    assert compare(good, ref).delta is not None
+    for key, other in (("pretrained", "laion2b_s34b_b88k"), ("model", "ViT-B-16"), ("backend", "hf")):
+        c = compare({**good, "manifest": {"model": {**ran, key: other}}}, ref)
+        assert c.delta is None and c.ours is None
+        assert any(f.startswith("not the registry's openai/vit-b16") and other in f for f in c.flags)
 
 
 def test_published_table_in_report(tmp_path, published):
@@ -164,6 +201,10 @@ def test_published_table_in_report(tmp_path, published):
     assert rows[("cn-clip/vit-h14", "cifar-10")][6:8] == ["-0.9", MISSING + "5"]  # mark 5: server-side caveat
     text = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "scored by the ELEVATER server" in text and "different task" in text
+    # open_clip's numbers are datacomp's; this result ran under bench's protocol: Δ shown, flagged, explained
+    oc = rows[("openclip/vit-h14", "cifar-10")]
+    assert oc[6] == "+0.0" and "different protocol (bench; published: datacomp)" in oc[7]
+    assert "while the openclip numbers were made under" in text and "--protocol datacomp" in text
 
 
 def test_bad_published_csv_is_named(tmp_path):

@@ -45,6 +45,9 @@ class Caveat:
     datasets: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
     delta: str = "show"
+    # protocols that remove the caveat: a result run under one of them is not concerned (open_clip's other split
+    # and other class names are no caveat for a result under --protocol datacomp, which reads its copy)
+    unless_protocols: tuple[str, ...] = ()
 
     def applies(self, file: str, model: str, dataset: str) -> bool:
         return ((not self.files or file in self.files) and (not self.datasets or dataset in self.datasets)
@@ -142,22 +145,72 @@ class Comparison:
     ours: float | None  # percent, the same metric as the published value
     delta: float | None
     flags: tuple[str, ...]
+    caveats: tuple[Caveat, ...] = ()  # the ones that concern this result (its protocol may remove some)
 
 
-def compare(result: dict, ref: PublishedRow) -> Comparison:
-    """Compare one of our zero-shot results with a published row, metric for metric."""
+def file_protocols() -> dict[str, str]:
+    """Published file stem -> the protocol that made its numbers (the protocol registry's `published:`)."""
+    from bench.protocols import list_protocols
+
+    return {p.published: p.name for p in list_protocols() if p.published}
+
+
+def protocol_caveat(file: str, ours: str, theirs: str) -> Caveat:
+    """The note beside a comparison across protocols: its Δ mixes the model and the protocol."""
+    return Caveat(f"protocol-{file}-{ours}", f"Run under protocol '{ours}', while the {file} numbers were made "
+                  f"under '{theirs}' (other templates, class names, preprocessing or metric), so the Δ mixes the "
+                  f"model with the protocol; `bench run --protocol {theirs}` compares like for like.",
+                  files=(file,), delta="flag")
+
+
+def registry_mismatch(result: dict) -> str | None:
+    """Why a result is not the registered model its name says (None: it is, or the result cannot tell).
+
+    A model YAML may take a registry name (`openai/vit-b16`) with another backend, architecture or weights;
+    published numbers belong to the registry's model, so such a result is never compared with them."""
+    from bench.models import list_models
+
+    ran = (result.get("manifest") or {}).get("model")
+    spec = next((m for m in list_models() if m.name == result.get("model")), None)
+    if not isinstance(ran, dict) or spec is None:
+        return None
+    differ = [f"{k} {ran.get(k)!r} (registry: {getattr(spec, k)!r})" for k in ("backend", "model", "pretrained")
+              if ran.get(k) != getattr(spec, k)]
+    return f"not the registry's {spec.name}: " + ", ".join(differ) if differ else None
+
+
+def compare(result: dict, ref: PublishedRow, protocol_of: dict[str, str] | None = None) -> Comparison:
+    """Compare one of our zero-shot results with a published row, metric for metric.
+
+    The published number belongs to one protocol (`protocol_of`, default: the registry's): a result under it
+    is compared like for like; one under another protocol keeps its Δ, flagged "different protocol", with a
+    caveat that says which. A result that is not the registry's model of its name gets no Δ."""
+    protocol_of = file_protocols() if protocol_of is None else protocol_of
+    protocol = result.get("protocol") or "bench"
+    caveats = tuple(c for c in ref.caveats if protocol not in c.unless_protocols)
+    expected = protocol_of.get(ref.file)
+    if expected and protocol != expected:
+        caveats += (protocol_caveat(ref.file, protocol, expected),)
+    modes = {c.delta for c in caveats}
+    mode = "hide" if "hide" in modes else "flag" if "flag" in modes else "show"
     metrics = result.get("metrics") or {}
     raw = metrics.get(METRIC_KEYS[ref.metric])
     ours = None if raw is None else round(100 * float(raw), 2)
     flags = []
     delta = None
-    if ref.delta_mode == "hide":
+    mismatch = registry_mismatch(result)
+    if mismatch:
+        ours = None
+        flags.append(mismatch)
+    elif mode == "hide":
         ours = None  # our number would invite the comparison the caveat rules out
         flags.append("not comparable")
     elif ours is not None:
         delta = round(ours - ref.value, 2)
         if abs(delta) > FLAG_POINTS:
             flags.append(f"|Δ| > {FLAG_POINTS:g} points")
-        if ref.delta_mode == "flag":
+        if expected and protocol != expected:
+            flags.append(f"different protocol ({protocol}; published: {expected})")
+        if any(c.delta == "flag" and not c.id.startswith("protocol-") for c in caveats):
             flags.append("caveat: see note")
-    return Comparison(ref, ours, delta, tuple(flags))
+    return Comparison(ref, ours, delta, tuple(flags), caveats)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.report import charts
-from bench.report.published import Caveat, Published, compare
+from bench.report.published import Caveat, Published, compare, file_protocols
 from bench.stats import SIGNIFICANCE
 
 MISSING = "—"
@@ -483,35 +483,42 @@ def published_split(r: dict) -> str:
     return (spec.eval_split if spec is not None and spec.eval_split else "") or "test"
 
 
-def comparison_settings(r: dict) -> str:
+def comparison_settings(r: dict, extra_ignore: tuple[str, ...] = ()) -> str:
     """Settings that make a result a different experiment from the published one: as `settings_text`, but
     a retrieval result on the split the published numbers use (MUGE's valid) is not flagged for its split."""
     same_split = r.get("task") == "retrieval" and r.get("split") == published_split(r)
-    return settings_text(r, ignore=("split",) if same_split else ())
+    return settings_text(r, ignore=(("split",) if same_split else ()) + extra_ignore)
 
 
 def published_section(results: list[dict], published: Published, notes: Notes) -> Section | None:
     rows, used = [], []
+    protocol_of = file_protocols()
     for r in [r for r in results if r.get("task") in ("zeroshot", "retrieval")]:
         for ref in published.lookup(r["model"], r["dataset"]):
-            c = compare(r, ref)
-            marks = tuple(notes.mark(cav) for cav in ref.caveats)
+            c = compare(r, ref, protocol_of)
+            marks = tuple(notes.mark(cav) for cav in c.caveats)
             used += marks
             flagged = ("flag",) if c.flags else ()
             delta = points_cell(c.delta, signed=True, classes=flagged)
+            unmatched = c.ours is None and c.delta is None and any(f.startswith("not the registry") for f in c.flags)
             if c.delta is None and "not comparable" in c.flags:
                 delta = Cell("n/a", None, ("num", "flag"), title="different task: no delta")
+            elif unmatched:
+                delta = Cell("n/a", None, ("num", "flag"), title="another model under a registry name: no delta")
             settings = comparison_settings(r)
+            # the protocol is judged by compare() (like for like under the one that made the table)
+            subset = comparison_settings(r, extra_ignore=("protocol",))
             flags = list(c.flags)
-            if settings:  # a subset, other split or other protocol is not the published experiment
-                flags.append(f"not like-for-like ({settings})")
+            if subset:  # a subset, other split, language or precision is not the published experiment
+                flags.append(f"not like-for-like ({subset})")
             flagged = ("flag",) if flags else ()
-            if settings and c.delta is not None:
+            if subset and c.delta is not None:
                 delta = points_cell(c.delta, signed=True, classes=flagged)
             model = f"{r['model']} [{settings}]" if settings else r["model"]
             rows.append([text_cell(model), text_cell(r["dataset"]), text_cell(ref.file), text_cell(ref.metric),
                          points_cell(ref.value), points_cell(c.ours) if c.delta is not None or c.ours is not None
-                         else Cell("n/a" if "not comparable" in c.flags else MISSING, None, ("num",)), delta,
+                         else Cell("n/a" if "not comparable" in c.flags or unmatched else MISSING, None, ("num",)),
+                         delta,
                          Cell(", ".join(flags) or MISSING, ", ".join(flags), flagged, marks),
                          Cell(ref.source, ref.source)])
     if not rows:
