@@ -194,7 +194,7 @@ def cmd_prompts_eval(args) -> int:
                       **encoding_options(args),
                       limit=args.limit, progress=sys.stderr.isatty())
     result = evaluate_prompt_set(args.model, args.dataset, args.prompts, opts, args.baseline, args.labels)
-    path = write_result(result, args.out)
+    path = write_result(result, opts, args.prompts, args.baseline)
     print(format_result(result))
     print(f"wrote {path}")
     return 0
