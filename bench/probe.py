@@ -328,15 +328,41 @@ def _xy(s: Split) -> tuple[np.ndarray, np.ndarray]:
     return s.x, s.y
 
 
+def class_sizes(y: np.ndarray) -> np.ndarray:
+    """Samples per class (multi-label: rows containing the class; classes absent from `y` are left out)."""
+    if y.ndim == 1:
+        return np.unique(y, return_counts=True)[1]
+    counts = y.sum(axis=0)
+    return counts[counts > 0]
+
+
+def clamp_shots(y: np.ndarray, shots: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(k used, k requested) per requested k, duplicates of a k used dropped.
+
+    A k above the largest class of the training pool draws the same sample as that class size (every
+    class gives all it has), so it is that many shots, not k: recording it as k would claim a few-shot
+    point that was never measured."""
+    largest = int(class_sizes(y).max()) if len(y) else 0
+    out: list[tuple[int, int]] = []
+    for k in shots:
+        used = min(k, largest)
+        if used >= 1 and used not in (u for u, _ in out):
+            out.append((used, k))
+    return out
+
+
 def few_shot(train: Split, val: Split, test: Split, *, shots: tuple[int, ...], seeds: tuple[int, ...], metric: str,
              num_classes: int, impl: str = "torch", init: Head | None = None, device: str = "cpu") -> list[dict]:
     """For each k: per seed, k samples per class from `train` only, C searched on `val`, scored on test.
 
-    Returns [{k, seeds, scores, mean, std, c}]; std is the population std over seeds (0 for one seed).
+    Returns [{k, seeds, scores, mean, std, c}]; std is the population std over seeds (0 for one seed). A k
+    larger than the training pool's largest class is clamped to it (`clamp_shots`); its row then also has
+    `requested_k`, and `classes_short` counts the classes with fewer than k samples (they give all they have).
     """
     fit = get_implementation(impl)
     out = []
-    for k in shots:
+    sizes = class_sizes(train.y)
+    for k, requested in clamp_shots(train.y, shots):
         scores_k, cs = [], []
         for seed in seeds:
             sample = train.take(few_shot_indices(train.y, k, seed))
@@ -344,8 +370,11 @@ def few_shot(train: Split, val: Split, test: Split, *, shots: tuple[int, ...], s
             head = fit(sample.x, sample.y, c, num_classes, init=init, device=device)
             scores_k.append(evaluate(head, test, metric)["primary"])
             cs.append(c)
-        out.append({"k": k, "seeds": list(seeds), "scores": scores_k, "mean": float(np.mean(scores_k)),
-                    "std": float(np.std(scores_k)), "c": cs})
+        row = {"k": k, "seeds": list(seeds), "scores": scores_k, "mean": float(np.mean(scores_k)),
+               "std": float(np.std(scores_k)), "c": cs, "classes_short": int((sizes < k).sum())}
+        if requested != k:
+            row["requested_k"] = requested
+        out.append(row)
     return out
 
 

@@ -489,6 +489,14 @@ class Runner:
         args = {"metric": ref.spec.metric, "num_classes": ref.spec.num_classes, "impl": impl, "init": init, "device": device}
         outcome = probe.linear_probe(train, val, test, **args)
         t2 = time.perf_counter()
+        if opts.shots:
+            used = probe.clamp_shots(train.y, opts.shots)
+            largest = int(probe.class_sizes(train.y).max())
+            for k in opts.shots:
+                if k > largest:
+                    log.warning("%s: --shots %d asks for more images per class than the training part has "
+                                "(largest class: %d); measured as %d-shot%s", ref.spec.name, k, largest, largest,
+                                "" if (largest, k) in used else " (already in the list)")
         few = probe.few_shot(train, val, test, shots=opts.shots, seeds=opts.seeds, **args) if opts.shots else []
         t3 = time.perf_counter()
         result = {

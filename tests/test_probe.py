@@ -205,3 +205,17 @@ def test_comparison_rows_per_model_and_dataset():
     assert rows[0]["few_shot"] == {1: 0.4, 4: 0.6}
     assert rows[0]["zero_shot_worth"] == {"shots": pytest.approx(2.0), "bound": "within"}
     assert rows[1]["zero_shot_worth"] is None
+
+
+def test_shots_above_the_largest_class_are_clamped_and_say_what_was_asked():
+    # classes of 30, 12 and 3 training samples: a 500-shot sample is the whole pool, i.e. 30-shot
+    y = np.repeat(np.arange(3), [30, 12, 3])
+    assert probe.clamp_shots(y, (1, 8, 30, 64, 500)) == [(1, 1), (8, 8), (30, 30)]
+    assert probe.clamp_shots(y, (4, 500)) == [(4, 4), (30, 500)]
+    rng = np.random.default_rng(0)
+    x = _normalise(rng.normal(size=(len(y), 8)) + np.eye(3, 8)[y] * 3)
+    split = probe.Split(x, y)
+    rows = probe.few_shot(split, split, split, shots=(4, 500, 1000), seeds=(0,), metric="accuracy", num_classes=3,
+                          impl="sklearn")
+    assert [(r["k"], r.get("requested_k")) for r in rows] == [(4, None), (30, 500)]  # 1000 clamps to 30 again
+    assert rows[0]["classes_short"] == 1 and rows[1]["classes_short"] == 2

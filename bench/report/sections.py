@@ -750,7 +750,8 @@ def probe_section(results: list[dict], matrix: Matrix) -> Section | None:
         series[f"{p['model']} zero-shot"][i] = None if zp is None else 100 * zp
         series[f"{p['model']} linear probe"][i] = None if lp is None else 100 * lp
         reg_cell = regularization_cell(get(p, "regularization"))
-        few = "; ".join(f"{get(f, 'k')}-shot {pct(get(f, 'mean'))}±{pct(get(f, 'std'))}"
+        few = "; ".join(f"{get(f, 'k')}-shot" + (f" (asked {f['requested_k']})" if f.get("requested_k") else "")
+                        + f" {pct(get(f, 'mean'))}±{pct(get(f, 'std'))}"
                         for f in get(p, "few_shot", default=[]) if isinstance(f, dict))
         rows.append([text_cell(p["model"]), text_cell(p["dataset"]), pct_cell(zp), pct_cell(lp),
                      points_cell(None if zp is None or lp is None else 100 * (lp - zp), signed=True),
