@@ -307,11 +307,13 @@ class Runner:
         kind = protocols.image_transform_for(self.protocol, dataset)
         key = (spec.name, kind)
         if key not in self._backends:
-            log.info("loading %s%s", spec.name, "" if kind == "model" else f" (image transform: {kind})")
             if kind != "model":  # the protocol's transform replaces the model's own
                 spec = replace(spec, preprocess=kind)
+            # the backend loads its tokenizer or weights on first use (and logs it then): a fully cached
+            # re-run never loads them
             backend = load_backend(spec, device=self.opts.device, cache_dir=self.opts.cache_dir)
             backend.precision = self._precision.backend
+            backend.load_note = "" if kind == "model" else f" (image transform: {kind})"
             self._backends[key] = backend
         return self._backends[key]
 

@@ -130,7 +130,8 @@ def _prompt_file(arg: str) -> Path:
     check_name(arg, "prompt set")
     path = prompts_dir() / f"{arg}.yaml"
     if not path.is_file():
-        raise unknown("prompt set", arg, list_prompt_sets(), hint="or pass a path to a prompt-set .yaml file")
+        raise unknown("prompt set", arg, list_prompt_sets(),
+                      hint="or pass a path to a prompt-set .yaml file (or a CuPL .json file)")
     return path
 
 
