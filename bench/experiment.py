@@ -25,7 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "skip_bad_images": False, "protocol": "bench", "precision": "auto", "knowledge": None,
 }
 # Content hashes in an identity: they make a result a different experiment but are not shown as settings.
-HASH_FIELDS = ("prompts_sha", "labels_sha", "class_prompts_sha", "knowledge_sha")
+HASH_FIELDS = ("prompts_sha", "labels_sha", "class_prompts_sha", "knowledge_sha", "arms_sha")
 # Settings that only exist for the linear probe; their defaults come from RunOptions.
 PROBE_FIELDS = ("shots", "seeds", "probe_init", "probe_impl", "val_fraction", "val_seed")
 _SAFE = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -41,8 +41,12 @@ def _file_hash(path: Any) -> str | None:
         return None
 
 
-def experiment(result: dict, opts: Any) -> dict:
-    """The identity of one result: every setting that changes its number, plus ``id`` (sha256[:8])."""
+def experiment(result: dict, opts: Any, arms: dict[str, Any] | None = None) -> dict:
+    """The identity of one result: every setting that changes its number, plus ``id`` (sha256[:8]).
+
+    ``arms``: a study's or ``prompts eval``'s own arguments that differ from their defaults (the variant, the
+    sets compared, ...): each is a setting of the identity, and the content of any that names a file counts too.
+    """
     prompts_path = ((result.get("manifest") or {}).get("prompts") or {}).get("path")
     ident: dict[str, Any] = {
         "task": result["task"],
@@ -70,6 +74,14 @@ def experiment(result: dict, opts: Any) -> dict:
         ident["knowledge"] = know["label"]
         ident["knowledge_sha"] = hashlib.sha256(json.dumps(
             [know["dataset_id"], sorted((k, f["sha256"]) for k, f in know["files"].items())]).encode()).hexdigest()[:12]
+    if arms:
+        shas = []
+        for k, v in arms.items():
+            ident[k] = [str(x) for x in v] if isinstance(v, (list, tuple)) else v
+            shas.extend(h for x in (v if isinstance(v, (list, tuple)) else [v])
+                        if isinstance(x, (str, Path)) and (h := _file_hash(x)))
+        if shas:
+            ident["arms_sha"] = hashlib.sha256("".join(shas).encode()).hexdigest()[:12]
     if result["task"] == "linear_probe":
         from bench.runner import RunOptions  # late: the runner imports this module
 

@@ -72,14 +72,20 @@ def model_aliases() -> dict[str, str]:
 def resolve_model(name_or_path: str) -> ModelSpec:
     """A registry name, an alias, or a path to a model YAML file."""
     models, aliases = _registry()
-    if name_or_path in models:
-        return models[name_or_path]
-    if name_or_path in aliases:
-        return models[aliases[name_or_path]]
-    path = Path(name_or_path)
+    # names and aliases are matched case-insensitively, as dataset names are (OpenAI/ViT-B16 is openai/vit-b16)
+    spellings = {**aliases, **{n: n for n in models}}
+    by_lower = {k.lower(): v for k, v in spellings.items()}
+    path = Path(name_or_path).expanduser()
+    if name_or_path.lower() in by_lower:
+        return models[by_lower[name_or_path.lower()]]
     if path.suffix in (".yaml", ".yml") or path.is_file():
         data = load_yaml(path)
         spec = from_mapping(ModelSpec, data, str(path))
         return dataclasses.replace(spec, source=str(path)).validate(str(path))
-    raise unknown("model", name_or_path, list(models) + list(aliases),
-                  hint="see `bench models list`, or pass a model YAML file")
+    if path.is_dir():
+        raise BenchError(f"--model {name_or_path} is a folder; --model takes a registry name or a model YAML file: "
+                         f"write one with `model: {name_or_path}` (and name, backend, language) and pass its path")
+    if name_or_path.startswith(("/", "~", "./", "../")) or path.is_absolute():
+        raise BenchError(f"--model {name_or_path}: no such file; --model takes a registry name (see "
+                         "`bench models list`) or the path to a model YAML file")
+    raise unknown("model", name_or_path, spellings, hint="see `bench models list`, or pass a model YAML file")

@@ -121,6 +121,23 @@ def fit_sklearn(x: np.ndarray, y: np.ndarray, c: float, num_classes: int, init: 
     return Head(np.concatenate(weights), np.concatenate(biases), kind, n_iter)
 
 
+def prior_bias(y: np.ndarray, kind: str, k: int) -> np.ndarray:
+    """The unpenalised bias's optimum with weights at zero: log class frequencies (logits of the positive rate for
+    binary and one-vs-rest columns). It is where the bias goes as C → 0, so L-BFGS starts there.
+
+    Starting the bias at 0 instead made strongly regularised float32 fits stop after a couple of iterations
+    with the bias far from its optimum: the weights' curvature (1 / (C n)) dwarfs the bias's, the loss change
+    of the remaining bias steps is below float32 resolution, and the unconverged head (a near class-mean
+    classifier) scored better on validation than the true optimum (log-prior biases outweigh tiny weights)."""
+    y = np.asarray(y)
+    if kind == "multiclass":
+        counts = np.bincount(y.astype(np.int64), minlength=k)[:k].astype(np.float64)
+        return np.log((counts + 1e-3) / (counts.sum() + 1e-3 * k)).astype(np.float32)  # absent class: far below
+    pos = np.asarray(y, np.float64).reshape(len(y), k).mean(axis=0)
+    pos = np.clip(pos, 1e-4, 1 - 1e-4)
+    return np.log(pos / (1 - pos)).astype(np.float32)
+
+
 def fit_torch(x: np.ndarray, y: np.ndarray, c: float, num_classes: int, init: Head | None = None,
               device: str = "cpu", max_iter: int = MAX_ITER) -> Head:
     """Full-batch L-BFGS in float32 on CPU or GPU, on exactly the objective scikit-learn minimises."""
@@ -134,7 +151,8 @@ def fit_torch(x: np.ndarray, y: np.ndarray, c: float, num_classes: int, init: He
     else:
         y_t = torch.as_tensor(np.asarray(y, dtype=np.float32).reshape(n, k), device=dev)
     w = torch.zeros(k, d, device=dev) if init is None else torch.as_tensor(init.weight, device=dev).clone()
-    b = torch.zeros(k, device=dev) if init is None else torch.as_tensor(init.bias, device=dev).clone()
+    b = torch.as_tensor(prior_bias(y, kind, k), device=dev) if init is None else \
+        torch.as_tensor(init.bias, device=dev).clone()
     w.requires_grad_(True)
     b.requires_grad_(True)
     penalty = 1.0 / (2.0 * c * n)
@@ -220,7 +238,8 @@ def _nearest(heads: dict[float, Head], c: float) -> Head | None:
 def search_c(fit: FitFn, train: Split, val: Split, metric: str, num_classes: int, *,
              init: Head | None = None, device: str = "cpu", coarse: tuple[float, ...] = COARSE_C,
              refine: tuple[float, ...] = REFINE_STEPS) -> tuple[float, list[dict]]:
-    """The C with the best validation score (ties: the smaller C) and every (C, val score) tried, in order.
+    """The C with the best validation score (ties: the smaller C) and every (C, val score) tried, in order;
+    always within [min(coarse), max(coarse)].
 
     Each fit starts from the head of the nearest C already fitted (or `init`): the objective is
     convex, so this changes only how fast the optimiser gets there.
@@ -241,8 +260,11 @@ def search_c(fit: FitFn, train: Split, val: Split, metric: str, num_classes: int
         return max(sorted(cs), key=lambda c: (score(c), -c))
 
     best = best_of(coarse)
+    lo, hi = min(coarse), max(coarse)
     for step in refine:
-        best = best_of([best * 10.0 ** -step, best, best * 10.0 ** step])
+        # refine inside the coarse range: around an edge value the outward step would leave it (1e-6 refined
+        # three times outwards is 1.3e-7), a C no sweep row below it was ever compared with
+        best = best_of([c for c in (best * 10.0 ** -step, best, best * 10.0 ** step) if lo <= c <= hi])
     return best, sweep
 
 
@@ -328,15 +350,41 @@ def _xy(s: Split) -> tuple[np.ndarray, np.ndarray]:
     return s.x, s.y
 
 
+def class_sizes(y: np.ndarray) -> np.ndarray:
+    """Samples per class (multi-label: rows containing the class; classes absent from `y` are left out)."""
+    if y.ndim == 1:
+        return np.unique(y, return_counts=True)[1]
+    counts = y.sum(axis=0)
+    return counts[counts > 0]
+
+
+def clamp_shots(y: np.ndarray, shots: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(k used, k requested) per requested k, duplicates of a k used dropped.
+
+    A k above the largest class of the training pool draws the same sample as that class size (every
+    class gives all it has), so it is that many shots, not k: recording it as k would claim a few-shot
+    point that was never measured."""
+    largest = int(class_sizes(y).max()) if len(y) else 0
+    out: list[tuple[int, int]] = []
+    for k in shots:
+        used = min(k, largest)
+        if used >= 1 and used not in (u for u, _ in out):
+            out.append((used, k))
+    return out
+
+
 def few_shot(train: Split, val: Split, test: Split, *, shots: tuple[int, ...], seeds: tuple[int, ...], metric: str,
              num_classes: int, impl: str = "torch", init: Head | None = None, device: str = "cpu") -> list[dict]:
     """For each k: per seed, k samples per class from `train` only, C searched on `val`, scored on test.
 
-    Returns [{k, seeds, scores, mean, std, c}]; std is the population std over seeds (0 for one seed).
+    Returns [{k, seeds, scores, mean, std, c}]; std is the population std over seeds (0 for one seed). A k
+    larger than the training pool's largest class is clamped to it (`clamp_shots`); its row then also has
+    `requested_k`, and `classes_short` counts the classes with fewer than k samples (they give all they have).
     """
     fit = get_implementation(impl)
     out = []
-    for k in shots:
+    sizes = class_sizes(train.y)
+    for k, requested in clamp_shots(train.y, shots):
         scores_k, cs = [], []
         for seed in seeds:
             sample = train.take(few_shot_indices(train.y, k, seed))
@@ -344,8 +392,11 @@ def few_shot(train: Split, val: Split, test: Split, *, shots: tuple[int, ...], s
             head = fit(sample.x, sample.y, c, num_classes, init=init, device=device)
             scores_k.append(evaluate(head, test, metric)["primary"])
             cs.append(c)
-        out.append({"k": k, "seeds": list(seeds), "scores": scores_k, "mean": float(np.mean(scores_k)),
-                    "std": float(np.std(scores_k)), "c": cs})
+        row = {"k": k, "seeds": list(seeds), "scores": scores_k, "mean": float(np.mean(scores_k)),
+               "std": float(np.std(scores_k)), "c": cs, "classes_short": int((sizes < k).sum())}
+        if requested != k:
+            row["requested_k"] = requested
+        out.append(row)
     return out
 
 

@@ -71,7 +71,7 @@ def is_path_arg(arg: str) -> bool:
 def check_name(arg: str, kind: str) -> str:
     if not NAME_RE.match(arg):
         raise BenchError(f"invalid {kind} name '{arg}': use a registered name (letters, digits, '.', '_', '-') "
-                         "or a path to a .yaml file")
+                         "or a path to a file ending in .yaml, .yml or .json")
     return arg
 
 
@@ -355,5 +355,6 @@ def load_prompt_set(arg: str) -> PromptSet:
     check_name(arg, "prompt set")
     path = prompts_dir() / f"{arg}.yaml"
     if not path.is_file():
-        raise unknown("prompt set", arg, list_prompt_sets(), hint="or pass a path to a prompt-set .yaml file")
+        raise unknown("prompt set", arg, list_prompt_sets(),
+                      hint="or pass a path to a prompt-set .yaml file (or a CuPL .json file)")
     return parse_prompt_set(path)

@@ -37,15 +37,25 @@ def load_yaml(path: Path) -> Any:
         raise BenchError(f"{path}: invalid YAML value ({type(exc).__name__}: {exc})") from None
 
 
-def suggest(name: str, choices: Iterable[str]) -> str:
-    """' (did you mean: a, b?)' for close matches of `name`, or ''."""
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    return f" (did you mean: {', '.join(close)}?)" if close else ""
+def suggest(name: str, choices: Iterable[str] | dict[str, str]) -> str:
+    """' (did you mean: a, b?)' for close matches of `name`, or ''.
+
+    `choices` may map every accepted spelling (aliases included) to its canonical name: spellings are matched
+    case-insensitively and the canonical names suggested, each once (not cifar10, cifar_10 and CIFAR-10)."""
+    canonical = dict(choices) if isinstance(choices, dict) else {c: c for c in choices}
+    by_lower: dict[str, str] = {}
+    for spelling, target in canonical.items():
+        by_lower.setdefault(spelling.lower(), target)
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=10, cutoff=0.5)
+    picks = list(dict.fromkeys(by_lower[c] for c in close))[:3]
+    return f" (did you mean: {', '.join(picks)}?)" if picks else ""
 
 
-def unknown(kind: str, name: str, choices: Iterable[str], hint: str = "") -> BenchError:
-    """The error for an unknown registry name, with close-match suggestions."""
-    choices = sorted(set(choices))
+def unknown(kind: str, name: str, choices: Iterable[str] | dict[str, str], hint: str = "") -> BenchError:
+    """The error for an unknown registry name, with close-match suggestions (`choices`: names, or every
+    accepted spelling → its canonical name)."""
+    if not isinstance(choices, dict):
+        choices = sorted(set(choices))
     msg = f"unknown {kind} '{name}'{suggest(name, choices)}"
     return BenchError(msg + (f"; {hint}" if hint else ""))
 

@@ -361,11 +361,13 @@ class Runner:
         kind = protocols.image_transform_for(self.protocol, dataset)
         key = (spec.name, kind)
         if key not in self._backends:
-            log.info("loading %s%s", spec.name, "" if kind == "model" else f" (image transform: {kind})")
             if kind != "model":  # the protocol's transform replaces the model's own
                 spec = replace(spec, preprocess=kind)
+            # the backend loads its tokenizer or weights on first use (and logs it then): a fully cached
+            # re-run never loads them
             backend = load_backend(spec, device=self.opts.device, cache_dir=self.opts.cache_dir)
             backend.precision = self._precision.backend
+            backend.load_note = "" if kind == "model" else f" (image transform: {kind})"
             self._backends[key] = backend
         return self._backends[key]
 
@@ -545,6 +547,14 @@ class Runner:
         args = {"metric": ref.spec.metric, "num_classes": ref.spec.num_classes, "impl": impl, "init": init, "device": device}
         outcome = probe.linear_probe(train, val, test, **args)
         t2 = time.perf_counter()
+        if opts.shots:
+            used = probe.clamp_shots(train.y, opts.shots)
+            largest = int(probe.class_sizes(train.y).max())
+            for k in opts.shots:
+                if k > largest:
+                    log.warning("%s: --shots %d asks for more images per class than the training part has "
+                                "(largest class: %d); measured as %d-shot%s", ref.spec.name, k, largest, largest,
+                                "" if (largest, k) in used else " (already in the list)")
         few = probe.few_shot(train, val, test, shots=opts.shots, seeds=opts.seeds, **args) if opts.shots else []
         t3 = time.perf_counter()
         result = {

@@ -261,7 +261,7 @@ def test_eval_per_template_matches_single_template_runs(bench_cli, cache_dir, di
     code, out, err = bench_cli("prompts", "eval", "demo-zh", "--baseline", "simple-zh", *common,
                                "--out", tmp_path / "eval")
     assert code == 0, err
-    result = json.loads((tmp_path / "eval" / "demo" / "digits" / "prompts-eval.json").read_text())
+    result = json.loads(latest_result(tmp_path / "eval" / "demo" / "digits", "prompts-eval").read_text())
     templates = load_prompt_set("demo-zh").templates
     assert [t["template"] for t in result["templates"]] == list(templates)
     assert result["baseline"]["prompts"] == "simple-zh" and result["n_samples"] == 200
@@ -291,9 +291,9 @@ def test_eval_reuses_cached_features_and_default_baseline(bench_cli, cache_dir, 
     common = ("--model", "demo-en", "--dataset", "digits", "--data-root", digits_root, "--cache-dir", cache_dir,
               "--workers", "0", "--limit", "100", "--out", tmp_path)
     assert bench_cli("prompts", "eval", "simple-en", *common)[0] == 0
-    first = json.loads((tmp_path / "demo-en" / "digits" / "prompts-eval.json").read_text())
+    first = json.loads(latest_result(tmp_path / "demo-en" / "digits", "prompts-eval").read_text())
     assert first["cache"]["images_encoded"] == 100 and first["baseline"]["prompts"] == "demo-en"
     assert bench_cli("prompts", "eval", "demo-en", *common)[0] == 0
-    second = json.loads((tmp_path / "demo-en" / "digits" / "prompts-eval.json").read_text())
+    second = json.loads(latest_result(tmp_path / "demo-en" / "digits", "prompts-eval").read_text())
     assert second["cache"]["images_encoded"] == 0
     assert second["ensemble"]["top1"] == pytest.approx(first["baseline"]["top1"], abs=1e-9)

@@ -107,3 +107,59 @@ def test_missing_class_folder(bench_cli, tmp_path, cache_dir):
     line = _one_line_error(*_run(bench_cli, tmp_path, "--model", "demo-en", "--dataset", data, "--labels", "dataset",
                                  cache=cache_dir)[:3:2])
     assert "3 classes but found 2 class folders" in line and "missing class folder(s) 1" in line
+
+
+def test_missing_dataset_folder_says_no_such_folder(bench_cli, tmp_path):
+    line = _one_line_error(*_run(bench_cli, tmp_path, "--model", "demo", "--dataset", tmp_path / "no such")[:3:2])
+    assert "no such folder" in line and "unknown dataset" not in line and str(tmp_path / "no such") in line
+    (tmp_path / "a-file").write_text("x")
+    line = _one_line_error(*_run(bench_cli, tmp_path, "--model", "demo", "--dataset", tmp_path / "a-file")[:3:2])
+    assert "not a folder" in line
+
+
+def test_missing_model_path_or_local_folder_gets_no_download_hint(bench_cli, tmp_path):
+    line = _one_line_error(*_run(bench_cli, tmp_path, "--model", tmp_path / "nope", "--dataset", "digits")[:3:2])
+    assert "no such file" in line and "unknown model" not in line
+    (tmp_path / "saved").mkdir()
+    line = _one_line_error(*_run(bench_cli, tmp_path, "--model", tmp_path / "saved", "--dataset", "digits")[:3:2])
+    assert "is a folder" in line and f"model: {tmp_path / 'saved'}" in line
+    for backend, model in (("transformers", str(tmp_path / "gone")), ("open_clip", f"local-dir:{tmp_path / 'gone'}")):
+        path = tmp_path / f"{backend}.yaml"
+        path.write_text(yaml.safe_dump({"name": "mine", "backend": backend, "model": model, "language": "en"}))
+        pytest.importorskip("transformers" if backend == "transformers" else "open_clip")
+        line = _one_line_error(*_run(bench_cli, tmp_path, "--model", path, "--dataset", "digits")[:3:2])
+        assert "no such folder" in line and str(tmp_path / "gone") in line and "hf download" not in line, line
+
+
+def test_model_names_are_case_insensitive_and_suggestions_are_canonical(bench_cli, tmp_path, digits_root, cache_dir):
+    from bench.models import resolve_model
+
+    assert resolve_model("DEMO").name == "demo" and resolve_model("OpenAI/ViT-B16").name == "openai/vit-b16"
+    assert resolve_model("ViT-H14").name == "cn-clip/vit-h14"  # an alias, in any case
+    code, _, err = _run(bench_cli, tmp_path, "--model", "Demo", "--dataset", "Digits", root=digits_root,
+                        cache=cache_dir, )
+    assert code == 0, err
+    # one entry per dataset, not cifar10, cifar_10 and cifar-10 (aliases of one set)
+    line = _one_line_error(*_run(bench_cli, tmp_path, "--model", "demo", "--dataset", "cifar")[:3:2])
+    suggested = line.split("did you mean: ")[1].split("?")[0].split(", ")
+    assert suggested[:2] == ["cifar-10", "cifar-100"] and len(set(suggested)) == len(suggested)
+    line = _one_line_error(*_run(bench_cli, tmp_path, "--model", "vit-h", "--dataset", "digits")[:3:2])
+    assert "cn-clip/vit-h14" in line and line.count("vit-h14") == 1
+
+
+def test_invalid_name_error_mentions_json_files(bench_cli, tmp_path, digits_root, cache_dir):
+    line = _one_line_error(*_run(bench_cli, tmp_path, "--model", "demo", "--dataset", "digits", "--prompts",
+                                 "my prompts", root=digits_root, cache=cache_dir)[:3:2])
+    assert ".json" in line and "invalid prompt set name" in line
+
+
+def test_loading_is_said_only_when_the_model_loads(bench_cli, tmp_path, digits_root, cache_dir, caplog):
+    import logging
+
+    args = ("--model", "demo", "--dataset", "digits", "--limit", "30")
+    with caplog.at_level(logging.INFO):
+        assert _run(bench_cli, tmp_path, *args, root=digits_root, cache=cache_dir)[0] == 0
+        assert "loading demo" in caplog.text
+        caplog.clear()
+        assert _run(bench_cli, tmp_path, *args, root=digits_root, cache=cache_dir)[0] == 0  # fully cached
+        assert "loading demo" not in caplog.text

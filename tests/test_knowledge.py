@@ -378,7 +378,7 @@ def test_knowledge_study_from_cached_features(bench_cli, cache_dir, digits_root,
                                   "--limit", LIMIT, "--no-progress", "--labels", lf, "--cupl", cupl)
     assert code == 0, err
     assert count_images["n"] == 0  # no image went through the encoder: every arm reads cached features
-    study = json.loads((out / "demo" / "digits" / "study-knowledge.json").read_text(encoding="utf-8"))
+    study = json.loads(latest_result(out / "demo" / "digits", "study-knowledge").read_text(encoding="utf-8"))
     assert study["cache"]["images_encoded"] == 0
     arms = {a["arm"]: a for a in study["arms"]}
     assert list(arms) == ["plain", "definitions", "descriptions", "cupl", "union"]
@@ -530,7 +530,7 @@ def test_knowledge_study_elevater_arm(bench_cli, cache_dir, digits_root, tmp_pat
                              digits_root, "--cache-dir", cache_dir, "--out", out, "--workers", "0", "--limit", LIMIT,
                              "--no-progress", "--knowledge", root, "--knowledge-use", "def_wiki")
     assert code == 0, err
-    study = json.loads((out / "demo-en" / "digits" / "study-knowledge.json").read_text(encoding="utf-8"))
+    study = json.loads(latest_result(out / "demo-en" / "digits", "study-knowledge").read_text(encoding="utf-8"))
     arms = {a["arm"]: a for a in study["arms"]}
     assert list(arms) == ["plain", "elevater"]  # no label fields, no CuPL: those arms are skipped, and said so
     assert set(study["skipped"]) == {"definitions", "descriptions", "cupl"}

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from identity_helpers import latest_result
 from report_helpers import scores_at_accuracy
 
 from bench import per_image, stats
@@ -128,7 +129,6 @@ def test_paired_compare_refuses_other_images():
 
 
 def test_run_writes_per_image_record_and_per_class(bench_cli, cache_dir, digits_root, tmp_path):
-    from identity_helpers import latest_result
 
     args = ("run", "--model", "demo", "--dataset", "digits", "--data-root", digits_root, "--cache-dir", cache_dir,
             "--workers", "0", "--limit", "120", "--out", tmp_path / "runs", "--bootstrap", "0")
@@ -183,7 +183,7 @@ def test_sets_study_records_paired_tests_and_report_shows_them(bench_cli, cache_
                              "--cache-dir", cache_dir, "--out", out, "--workers", "0", "--limit", "60",
                              "--no-progress", "--sets", *sets)
     assert code == 0, err
-    study = json.loads((out / "demo" / "digits" / "study-sets.json").read_text(encoding="utf-8"))
+    study = json.loads(latest_result(out / "demo" / "digits", "study-sets").read_text(encoding="utf-8"))
     assert study["sets"][0]["paired"] is None  # the first set is what the others are compared with
     same = study["sets"][1]["paired"]
     assert same["delta"] == 0.0 and same["p"] == 1.0 and same["test"].startswith("McNemar")

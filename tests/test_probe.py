@@ -205,3 +205,62 @@ def test_comparison_rows_per_model_and_dataset():
     assert rows[0]["few_shot"] == {1: 0.4, 4: 0.6}
     assert rows[0]["zero_shot_worth"] == {"shots": pytest.approx(2.0), "bound": "within"}
     assert rows[1]["zero_shot_worth"] is None
+
+
+def test_shots_above_the_largest_class_are_clamped_and_say_what_was_asked():
+    # classes of 30, 12 and 3 training samples: a 500-shot sample is the whole pool, i.e. 30-shot
+    y = np.repeat(np.arange(3), [30, 12, 3])
+    assert probe.clamp_shots(y, (1, 8, 30, 64, 500)) == [(1, 1), (8, 8), (30, 30)]
+    assert probe.clamp_shots(y, (4, 500)) == [(4, 4), (30, 500)]
+    rng = np.random.default_rng(0)
+    x = _normalise(rng.normal(size=(len(y), 8)) + np.eye(3, 8)[y] * 3)
+    split = probe.Split(x, y)
+    rows = probe.few_shot(split, split, split, shots=(4, 500, 1000), seeds=(0,), metric="accuracy", num_classes=3,
+                          impl="sklearn")
+    assert [(r["k"], r.get("requested_k")) for r in rows] == [(4, None), (30, 500)]  # 1000 clamps to 30 again
+    assert rows[0]["classes_short"] == 1 and rows[1]["classes_short"] == 2
+
+
+def test_search_stays_in_the_documented_range_at_its_edges():
+    # A validation score that only grows as C shrinks: the search must stop at the smallest coarse C (1e-6),
+    # not refine outwards to 1e-6 × 10**-0.875 = 1.3e-7 (what few-shot probes recorded)
+    def fit(x, y, c, num_classes, init=None, device="cpu"):
+        return probe.Head(np.full((num_classes, x.shape[1]), np.log10(c), np.float32),
+                          np.zeros(num_classes, np.float32), "multiclass")
+
+    original = probe.evaluate
+    for sign in (-1, 1):
+        probe.evaluate = lambda head, data, metric, sign=sign: {"primary": sign * float(head.weight[0, 0])}
+        try:
+            split = probe.Split(np.ones((4, 2), np.float32), np.array([0, 1, 0, 1]))
+            c, sweep = probe.search_c(fit, split, split, "accuracy", 2)
+        finally:
+            probe.evaluate = original
+        assert c == (1e-6 if sign < 0 else 1e6)
+        assert all(1e-6 <= s["value"] <= 1e6 for s in sweep)
+
+
+def test_torch_converges_under_strong_regularisation_on_unbalanced_classes():
+    # Slightly unbalanced classes, C from 1e-7 to 1e-4: the optimum's bias is the log class priors and outweighs
+    # the tiny weights. Started at bias 0, float32 L-BFGS used to stop after two iterations with the bias near 0
+    # (a class-mean classifier that scored 0.99 where the optimum scores 0.5: the sweep read 0.992 → 0.504 →
+    # 0.996). It must reach scikit-learn's (float64) objective and predictions.
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(1)
+    counts = np.array([100, 102, 99, 102, 102, 102, 102, 100, 98, 93])
+    y = np.repeat(np.arange(10), counts)
+    means = rng.normal(size=(10, 32))
+    x = _normalise(means[y] + 0.8 * rng.normal(size=(len(y), 32)))
+
+    def objective(h, c):
+        w, b = torch.as_tensor(h.weight, dtype=torch.float64), torch.as_tensor(h.bias, dtype=torch.float64)
+        return float(F.cross_entropy(torch.as_tensor(x, dtype=torch.float64) @ w.T + b, torch.as_tensor(y))
+                     + (w * w).sum() / (2 * c * len(x)))
+
+    for c in (1e-6, 1e-5, 1e-4):
+        t, s = probe.fit_torch(x, y, c, 10), probe.fit_sklearn(x, y, c, 10)
+        assert objective(t, c) <= objective(s, c) + 1e-6
+        acc_t, acc_s = ((probe.scores(h, x).argmax(1) == y).mean() for h in (t, s))
+        assert abs(acc_t - acc_s) <= 0.01, (c, acc_t, acc_s)  # before: 0.93 vs 0.51 at C = 1e-6

@@ -60,6 +60,23 @@ def test_task_all_then_probe_reuses_cached_features(bench_cli, cache_dir, digits
     assert again["metrics"] == lp["metrics"]  # same features, same protocol, same seeds
 
 
+def test_shots_beyond_the_training_part_are_clamped_recorded_and_warned(bench_cli, cache_dir, digits_root, tmp_path,
+                                                                         caplog):
+    out = tmp_path / "runs"
+    code, _, stderr = bench_cli("run", "--model", "demo", "--dataset", "digits", "--data-root", digits_root,
+                                "--cache-dir", cache_dir, "--out", out, "--workers", "0", "--task", "linear-probe",
+                                "--shots", "2,500", "--seeds", "0")
+    assert code == 0, stderr
+    lp = json.loads(latest_result(out / "demo" / "digits", "linear_probe").read_text())
+    largest = max(len(list(d.glob("*.png"))) for d in (digits_root / "digits" / "train").iterdir())
+    assert [f["k"] for f in lp["few_shot"]][0] == 2 and "requested_k" not in lp["few_shot"][0]
+    clamped = lp["few_shot"][1]
+    assert clamped["requested_k"] == 500 and 0 < clamped["k"] < largest  # the training part, not all of train
+    assert lp["experiment"]["shots"] == [2, 500]  # the identity keeps what was asked for
+    assert f"--shots 500 asks for more images per class than the training part has (largest class: {clamped['k']})" \
+        in caplog.text
+
+
 def test_probe_needs_a_train_split(bench_cli, cache_dir, digits_root, tmp_path):
     import shutil
 

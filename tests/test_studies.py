@@ -296,3 +296,49 @@ def test_studies_warn_about_and_record_unknown_token_labels(bench_cli, cache_dir
     study = read(tmp_path / "odd", "study-labels")
     assert study["labels_with_unknown_tokens"] == {"baseline": [], "variant": ["鸸鹋"]}
     assert "1 class name(s)" in caplog.text and "鸸鹋" in caplog.text
+
+
+def test_studies_and_prompts_eval_never_replace_another_experiments_result(bench_cli, cache_dir, digits_root,
+                                                                           tmp_path):
+    """A study or `prompts eval` with other settings or arms gets its own file; the same one re-run replaces its
+    own; the default experiment keeps `<task>.json`; index.json says what each file is."""
+    out = tmp_path / "runs"
+    base = ("--model", "demo", "--dataset", "digits", "--data-root", digits_root, "--cache-dir", cache_dir,
+            "--out", out, "--workers", "0", "--no-progress")
+    folder = out / "demo" / "digits"
+    for extra in ((), ("--limit", LIMIT), ("--split", "train"), ("--protocol", "cn-clip"), ("--precision", "fp32"),
+                  ("--labels", "numerals"), ("--prompts", "simple-zh"), ("--limit", LIMIT)):  # the last: a re-run
+        code, _, err = bench_cli("study", "prompts", *base, "--no-greedy", *extra)
+        assert code == 0, err
+    for variant in ("numerals", "numerals", str(labels_file(tmp_path))):
+        code, _, err = bench_cli("study", "labels", *base, "--limit", LIMIT, "--variant", variant)
+        assert code == 0, err
+    for ps in ("simple-zh", "demo-zh", "simple-zh"):
+        code, _, err = bench_cli("prompts", "eval", ps, *base[:-1], "--limit", LIMIT)
+        assert code == 0, err
+    names = sorted(p.name for p in folder.glob("*.json") if p.name != "index.json")
+    prompts_files = [n for n in names if n.startswith("study-prompts")]
+    assert len(prompts_files) == 7 and "study-prompts@greedy=no.json" in prompts_files  # one per experiment
+    assert len([n for n in names if n.startswith("study-labels")]) == 2
+    assert len([n for n in names if n.startswith("prompts-eval")]) == 2
+    index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+    assert sorted(index) == names
+    limited = json.loads((folder / "study-prompts@limit=60,greedy=no.json").read_text(encoding="utf-8"))
+    assert limited["n_samples"] == 60 and limited["experiment"]["limit"] == 60
+    assert index["study-prompts@split=train,greedy=no.json"]["non_default"] == {"split": "train", "greedy": False}
+    # the default experiment keeps its contract name, and the report tells the studies apart by their settings
+    code, _, err = bench_cli("study", "prompts", *base)
+    assert code == 0, err
+    assert (folder / "study-prompts.json").is_file()
+    from bench.report import build_report
+
+    build_report([out], tmp_path / "report", fmt="md")
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "digits \\[limit=60, greedy=False\\]" in md and "digits \\[split=train, greedy=False\\]" in md
+
+
+def labels_file(tmp_path: Path) -> Path:
+    path = tmp_path / "swapped.yaml"
+    names = ["零", "一", "二", "三", "四", "五", "六", "七", "九", "八"]
+    path.write_text(yaml.safe_dump({"labels": names}, allow_unicode=True), encoding="utf-8")
+    return path

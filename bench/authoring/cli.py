@@ -130,7 +130,8 @@ def _prompt_file(arg: str) -> Path:
     check_name(arg, "prompt set")
     path = prompts_dir() / f"{arg}.yaml"
     if not path.is_file():
-        raise unknown("prompt set", arg, list_prompt_sets(), hint="or pass a path to a prompt-set .yaml file")
+        raise unknown("prompt set", arg, list_prompt_sets(),
+                      hint="or pass a path to a prompt-set .yaml file (or a CuPL .json file)")
     return path
 
 
@@ -194,7 +195,7 @@ def cmd_prompts_eval(args) -> int:
                       **encoding_options(args),
                       limit=args.limit, progress=sys.stderr.isatty())
     result = evaluate_prompt_set(args.model, args.dataset, args.prompts, opts, args.baseline, args.labels)
-    path = write_result(result, args.out)
+    path = write_result(result, opts, args.prompts, args.baseline)
     print(format_result(result))
     print(f"wrote {path}")
     return 0

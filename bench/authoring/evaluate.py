@@ -15,6 +15,7 @@ import torch
 from bench import protocols
 from bench.cache import atomic_write_json, check_writable
 from bench.errors import BenchError
+from bench.experiment import experiment, result_stem, update_index
 from bench.labels import Labels, resolve_labels
 from bench.models import resolve_model
 from bench.prompts import PromptSet, load_prompt_set, template_fields
@@ -123,12 +124,18 @@ def evaluate_prompt_set(model: str, dataset: str, prompts: str, opts: RunOptions
     }
 
 
-def write_result(result: dict, out: Path) -> Path:
-    folder = Path(out) / result["model"] / result["dataset"]
+def write_result(result: dict, opts: RunOptions, prompts: str, baseline: str | None = None) -> Path:
+    """``prompts-eval@prompts=SET[,...].json``: named by the set evaluated, its baseline and every setting that
+    differs from the default experiment (bench.experiment), so evaluating another set, on another split or
+    subset, never replaces this one's result; ``index.json`` maps names to settings."""
+    folder = Path(opts.out) / result["model"] / result["dataset"]
     check_writable(folder, "output directory")
-    path = folder / f"{TASK}.json"
-    atomic_write_json(path, result)
-    return path
+    arms = {"prompts": prompts, **({"baseline": baseline} if baseline is not None else {})}
+    result["experiment"] = ident = experiment(result, opts, arms)
+    name = result_stem(ident) + ".json"
+    atomic_write_json(folder / name, result)
+    update_index(folder, name, ident)
+    return folder / name
 
 
 def format_result(result: dict, width: int = 60) -> str:

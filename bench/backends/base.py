@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import re
 import sys
 from abc import ABC, abstractmethod
@@ -17,6 +18,8 @@ import torch
 from bench.cache import IdentityMemo, content_key, file_signature
 from bench.errors import BenchError
 from bench.models import ModelSpec
+
+log = logging.getLogger("bench.runner")  # the runner's logger: `-q` and the CLI's format apply as before
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Backend(ABC):
     # runner sets it. Not "auto", it is part of the identity, so features and text embeddings computed at
     # another precision are cached apart.
     precision: str = "auto"
+    load_note: str = ""  # appended to the "loading <model>" line (the runner: an image transform not the model's)
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", cache_dir: Path | None = None):
         self.spec = spec
@@ -132,6 +136,8 @@ class Backend(ABC):
     def load(self, part: str = "model") -> None:
         """Load the text side (tokenizer) or the model (weights, preprocess) now, if not loaded yet."""
         if not self._state[part]:
+            if not any(self._state.values()):  # said when something loads, not when a cached run only names it
+                log.info("loading %s%s", self.spec.name, self.load_note)
             self._state[part] = True  # set first: a failed load raises, it is not retried per attribute
             try:
                 (self._load_text if part == "text" else self._load_model)()

@@ -32,6 +32,13 @@ class HFImageTransform:
         return f"HFImageTransform({json.dumps(self.processor.to_dict(), sort_keys=True, default=str)})"
 
 
+def looks_like_path(src: str) -> bool:
+    """`model:` names a local folder, not a Hub repo id (`org/name`): absolute, ~, ./ or ../, or deeper than
+    org/name, or a Windows path."""
+    return (src.startswith(("/", "~", "./", "../", ".\\", "..\\")) or src.count("/") > 1 or "\\" in src
+            or Path(src).is_absolute())
+
+
 class TransformersBackend(Backend):
     PACKAGE = "transformers"
     TEXT_ATTRS = ("tokenizer", "context_length", "model_type", "is_cn_clip")
@@ -52,6 +59,11 @@ class TransformersBackend(Backend):
             return cls.from_pretrained(self.where, **({"revision": self.revision} if self.revision else {}))
         except (OSError, ValueError) as exc:
             src = self.spec.model
+            if looks_like_path(src) and not Path(src).expanduser().exists():
+                # a folder that is not there is not a Hub repo to download: say so, not `hf download /path`
+                raise BenchError(f"cannot load {self.spec.name}: {src}: no such folder (model: in {self.spec.source}); "
+                                 "fix the path to a folder saved with save_pretrained, or name a Hugging Face "
+                                 "repo id (org/name)") from None
             hint = (f"download it once with `hf download {src}` (into the Hugging Face cache, $HF_HOME/hub)"
                     if not Path(src).expanduser().exists() else "the folder must hold a model saved with "
                     "save_pretrained (config.json, weights, tokenizer and preprocessor files)")

@@ -49,7 +49,11 @@ class OpenClipBackend(Backend):
             raise missing_dependency("open_clip_torch", "pip install open_clip_torch")
         name = spec.model
         self.pretrained = None if name.startswith(SCHEMAS) else spec.pretrained
-        if name.startswith("local-dir:") and not (Path(name[len("local-dir:"):]) / "open_clip_config.json").is_file():
+        folder = Path(name[len("local-dir:"):]).expanduser() if name.startswith("local-dir:") else None
+        if folder is not None and not folder.is_dir():
+            raise BenchError(f"{spec.name}: {folder}: no such folder (model: local-dir:… in {spec.source}); "
+                             "fix the path to a folder holding open_clip_config.json and the weights")
+        if folder is not None and not (folder / "open_clip_config.json").is_file():
             raise BenchError(f"{spec.name}: {name[len('local-dir:'):]} has no open_clip_config.json; "
                              "save the model with open_clip's push_to_hf_hub/save layout or fix the path")
         if not name.startswith(SCHEMAS) and name not in (open_clip := _open_clip()).list_models():

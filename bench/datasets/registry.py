@@ -113,10 +113,19 @@ def retrieval_spec(name: str, language: str = "") -> DatasetSpec:
                        language=language)
 
 
+def looks_like_folder(name: str) -> bool:
+    """A --dataset value that can only be a path (registered names have no slashes)."""
+    return "/" in name or "\\" in name or name.startswith(("~", ".")) or Path(name).is_absolute()
+
+
 def get_dataset(name: str) -> DatasetSpec:
     """A dataset by canonical name or alias; unknown names get close-match suggestions."""
     spec = find_dataset(name)
     if spec is None:
+        if looks_like_folder(name):
+            path = Path(name).expanduser()
+            raise BenchError(f"--dataset {name}: " + ("not a folder; pass the dataset's folder" if path.exists()
+                                                      else "no such folder"))
         raise unknown("dataset", name, _aliases(), hint="see `bench datasets list`, or pass a dataset folder path")
     return spec
 

@@ -549,6 +549,13 @@ def side_by_side_section(matrix: Matrix) -> Section | None:
 # ----------------------------------------------------------------------------- studies
 
 
+def study_dataset_cell(s: dict) -> Cell:
+    """The dataset, with the settings that make this study a different experiment (``digits [limit=100]``),
+    so two studies of one model × dataset are told apart; the arms the table shows (variant, sets) are left out."""
+    settings = settings_text(s, ignore=("variant", "variants", "sets"))
+    return text_cell(f"{s.get('dataset')} [{settings}]" if settings else s.get("dataset"))
+
+
 def prompts_section(results: list[dict]) -> Section | None:
     studies = by_task(results, "study-prompts")
     if not studies:
@@ -559,8 +566,8 @@ def prompts_section(results: list[dict]) -> Section | None:
         summary = get(s, "summary", default={})
         ens = num(get(s, "ensemble", "primary"))
         if vals:
-            boxes.append((f"{s['model']} · {s['dataset']}", vals, None if ens is None else 100 * ens, s["model"]))
-        rows.append([text_cell(s["model"]), text_cell(s["dataset"]), text_cell(get(s, "prompts")),
+            boxes.append((f"{s['model']} · {study_dataset_cell(s).text}", vals, None if ens is None else 100 * ens, s["model"]))
+        rows.append([text_cell(s["model"]), study_dataset_cell(s), text_cell(get(s, "prompts")),
                      int_cell(get(s, "n_templates", default=len(vals) or None)),
                      pct_cell(get(summary, "min")), pct_cell(get(summary, "median")), pct_cell(get(summary, "max")),
                      points_cell(None if num(get(summary, "std")) is None else 100 * num(get(summary, "std"))),
@@ -604,7 +611,7 @@ def sets_section(results: list[dict]) -> Section | None:
         for e in entries:
             p = num(get(e, "primary"))
             d = num(get(e, "delta"))
-            rows.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(e, "name")),
+            rows.append([text_cell(s.get("model")), study_dataset_cell(s), text_cell(get(e, "name")),
                          int_cell(get(e, "n_templates")),
                          pct_cell(p, ("best",) if p is not None and p == best else ()), pct_cell(get(e, "top1")),
                          points_cell(None if d is None or e is entries[0] else 100 * d, signed=True),
@@ -624,16 +631,16 @@ def negation_section(results: list[dict]) -> Section | None:
     for s in studies:
         for v in get(s, "variants", default=[]):
             labels = get(v, "labels", default=[])
-            variants.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(v, "name")),
+            variants.append([text_cell(s.get("model")), study_dataset_cell(s), text_cell(get(v, "name")),
                              text_cell(labels), pct_cell(get(v, "primary")), pct_cell(get(v, "top1"))])
             for i, rec in enumerate(get(v, "per_class_recall", default=[])):
-                recalls.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(v, "name")),
+                recalls.append([text_cell(s.get("model")), study_dataset_cell(s), text_cell(get(v, "name")),
                                 int_cell(i), text_cell(get(labels, i)), pct_cell(rec)])
         for c in get(s, "probe", "classes", default=[]):
-            probe.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(c, "class")),
+            probe.append([text_cell(s.get("model")), study_dataset_cell(s), text_cell(get(c, "class")),
                           pct_cell(get(c, "negation_rate"))])
         if get(s, "probe", "overall_rate") is not None:
-            probe.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell("(overall)"),
+            probe.append([text_cell(s.get("model")), study_dataset_cell(s), text_cell("(overall)"),
                           pct_cell(get(s, "probe", "overall_rate"))])
     if not variants and not probe:
         return None
@@ -654,7 +661,7 @@ def labels_section(results: list[dict]) -> Section | None:
     studies = by_task(results, "study-labels")
     summary, movers = [], []
     for s in studies:
-        summary.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(s, "baseline")),
+        summary.append([text_cell(s.get("model")), study_dataset_cell(s), text_cell(get(s, "baseline")),
                         text_cell(get(s, "variant")), pct_cell(get(s, "primary", "baseline")),
                         pct_cell(get(s, "primary", "variant")),
                         points_cell(None if num(get(s, "primary", "delta")) is None
@@ -666,7 +673,7 @@ def labels_section(results: list[dict]) -> Section | None:
             if not isinstance(c, dict):
                 continue
             d = num(get(c, "delta"))
-            movers.append([text_cell(s.get("model")), text_cell(s.get("dataset")), int_cell(get(c, "index")),
+            movers.append([text_cell(s.get("model")), study_dataset_cell(s), int_cell(get(c, "index")),
                            text_cell(get(c, "class")), pct_cell(get(c, "baseline")), pct_cell(get(c, "variant")),
                            points_cell(None if d is None else 100 * d, signed=True)])
     if not summary:
@@ -691,14 +698,14 @@ def knowledge_section(results: list[dict]) -> Section | None:
                 continue
             d = num(get(a, "delta"))
             p = num(get(a, "mcnemar", "p"))
-            summary.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(a, "arm")),
+            summary.append([text_cell(s.get("model")), study_dataset_cell(s), text_cell(get(a, "arm")),
                             int_cell(get(a, "classes_with_text")), int_cell(get(a, "n_prompts")),
                             pct_cell(get(a, "primary")), pct_cell(get(a, "top1")),
                             points_cell(None if d is None else 100 * d, signed=True),
                             Cell(MISSING if p is None else f"{p:.3g}", p, ("num",))])
             for g in get(a, "top_movers", default=[]):
                 gd = num(get(g, "delta"))
-                movers.append([text_cell(s.get("model")), text_cell(s.get("dataset")), text_cell(get(a, "arm")),
+                movers.append([text_cell(s.get("model")), study_dataset_cell(s), text_cell(get(a, "arm")),
                                text_cell(get(g, "class")), pct_cell(get(g, "plain")), pct_cell(get(g, "arm")),
                                points_cell(None if gd is None else 100 * gd, signed=True)])
     if not summary:
@@ -750,7 +757,8 @@ def probe_section(results: list[dict], matrix: Matrix) -> Section | None:
         series[f"{p['model']} zero-shot"][i] = None if zp is None else 100 * zp
         series[f"{p['model']} linear probe"][i] = None if lp is None else 100 * lp
         reg_cell = regularization_cell(get(p, "regularization"))
-        few = "; ".join(f"{get(f, 'k')}-shot {pct(get(f, 'mean'))}±{pct(get(f, 'std'))}"
+        few = "; ".join(f"{get(f, 'k')}-shot" + (f" (asked {f['requested_k']})" if f.get("requested_k") else "")
+                        + f" {pct(get(f, 'mean'))}±{pct(get(f, 'std'))}"
                         for f in get(p, "few_shot", default=[]) if isinstance(f, dict))
         rows.append([text_cell(p["model"]), text_cell(p["dataset"]), pct_cell(zp), pct_cell(lp),
                      points_cell(None if zp is None or lp is None else 100 * (lp - zp), signed=True),

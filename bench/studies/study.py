@@ -14,6 +14,7 @@ from bench.cache import atomic_write_json, check_writable, file_sha256
 from bench.datasets import sources
 from bench.datasets.base import SplitData, stratified_limit
 from bench.errors import BenchError
+from bench.experiment import experiment, result_stem, update_index
 from bench.labels import Labels, label_file, parse_label_file, resolve_labels
 from bench.models import ModelSpec, resolve_model
 from bench.prompts import PromptSet, is_path_arg, load_prompt_set
@@ -131,12 +132,37 @@ class Study:
             "manifest": self.runner.manifest(backend, test.data, ps),
         }
 
-    def write(self, result: dict) -> Path:
+    def write(self, result: dict, arms: dict | None = None) -> Path:
+        """``<task>.json`` for the default experiment, else named by what differs (bench.experiment), so a study
+        with other settings or arms never replaces another's result; ``index.json`` maps names to settings."""
         folder = self.opts.out / result["model"] / result["dataset"]
         check_writable(folder, "output directory")
-        path = folder / f"{result['task']}.json"
-        atomic_write_json(path, result)
-        return path
+        # ELEVATER knowledge is identified as `bench run --knowledge` identifies it: its recipe and file hashes
+        view = {**result, "prompt_texts": {"knowledge": result["knowledge"]}} if result.get("knowledge") else result
+        result["experiment"] = ident = experiment(view, self.opts, arms)
+        name = result_stem(ident) + ".json"
+        atomic_write_json(folder / name, result)
+        update_index(folder, name, ident)
+        return folder / name
+
+
+# A study's arguments that do not change its numbers (how many movers to list), or that are already part of
+# the identity (the labels study's baseline is --labels), or that are identified another way (knowledge).
+NOT_ARMS = {"top", "baseline", "knowledge"}
+
+
+def study_arms(kind: str, kwargs: dict) -> dict:
+    """The study's own arguments that differ from their defaults (a required one, e.g. the variant, always)."""
+    import inspect
+
+    arms = {}
+    for name, param in list(inspect.signature(STUDIES[kind]).parameters.items())[3:]:  # after (st, spec, ref)
+        if name in NOT_ARMS or name not in kwargs:
+            continue
+        value = kwargs[name]
+        if param.default is param.empty or value != param.default:
+            arms[name] = ["default" if v is None else v for v in value] if isinstance(value, list) else value
+    return arms
 
 
 # --------------------------------------------------------------------------- validation split
@@ -536,7 +562,7 @@ def run_study(kind: str, model_names: list[str], dataset_names: list[str], opts:
     for spec in models:
         for ref in refs:
             result = STUDIES[kind](st, spec, ref, **kwargs)
-            st.write(result)
+            st.write(result, study_arms(kind, kwargs))
             results.append(result)
     if kind == "prompts":
         atomic_write_json(opts.out / "study-prompts-overall.json", prompts_overall(results))
