@@ -226,3 +226,16 @@ def test_templates_keep_order_and_repeats(tmp_path):
     ps = wds_prompt_set(tmp_path, "datacomp")
     assert ps.render("cifar-10", ["cat"])[0] == [t.format(c="cat") for t in CIFAR_TEMPLATES]
     assert ps.language == "en"
+
+
+def test_prompts_eval_takes_the_protocols_templates_with_their_repeats_as_baseline(model_yaml, tmp_path, bench_cli):
+    """A protocol's published list keeps its repeats (CLIP_benchmark averages them as written): as the baseline
+    of `bench prompts eval` it is a warning, not a lint error that stops the command."""
+    folder = datacomp_folder(tmp_path / "data" / "wds_cifar10_test", CIFAR_NAMES, CIFAR_TEMPLATES, n=10, seed=3)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("name: mine\nlanguage: en\ntemplates:\n  - 'a photo of a {{ label }}.'\n", encoding="utf-8")
+    code, out, err = bench_cli("prompts", "eval", mine, "--model", model_yaml, "--dataset", folder,
+                               "--protocol", "datacomp", "--out", tmp_path / "runs", "--cache-dir", tmp_path / "cache",
+                               "--device", "cpu")
+    assert code == 0, err
+    assert "zeroshot_classification_templates.txt" in out + err

@@ -41,13 +41,18 @@ def evaluate_prompt_set(model: str, dataset: str, prompts: str, opts: RunOptions
     ref = refs[0]
     runner = Runner(opts)  # checks --protocol and --precision first
     ps = load_prompt_set(prompts)
+    base_protocol = runner.protocol if baseline is None else None
     if baseline is not None and baseline.startswith(protocols.REF_PREFIX):  # e.g. protocol:cn-clip
-        base = protocol_prompt_set(protocols.load_protocol(baseline[len(protocols.REF_PREFIX):]), spec, ref=ref)
+        base_protocol = protocols.load_protocol(baseline[len(protocols.REF_PREFIX):])
+        base = protocol_prompt_set(base_protocol, spec, ref=ref)
     else:  # the protocol's templates (bench: the model's default set)
         base = load_prompt_set(baseline) if baseline else runner.prompt_set(spec, ref)
-    for s in (ps, base):
+    # a protocol's published list keeps its repeats (they weigh twice in the original mean): a warning there
+    keeps = base_protocol is not None and base_protocol.duplicate_templates == "keep"
+    for s, allow in ((ps, False), (base, keeps)):
         s.templates_for(ref.spec.name)  # fail on a missing per-dataset list before encoding anything
-        require_valid(s, datasets=(ref.spec.name,))  # what lint calls an error is never evaluated
+        # what lint calls an error is never evaluated
+        require_valid(s, allow_duplicates=allow, datasets=(ref.spec.name,), summarise=s.name_source == "protocol")
     sources = ps.templates_for(ref.spec.name)
     if not sources or ps.class_prompts or any(template_fields(t) for t in sources):
         # template i is column i only for plain templates rendered once per class
