@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 import torch
 from identity_helpers import latest_result
-from PIL import Image
 from test_sources import write_wds
-from tiny_models import make_open_clip_dir, write_model_yaml
+from tiny_models import make_open_clip_dir, non_square_images, write_model_yaml
 
 from bench.datasets.registry import get_dataset
 from bench.errors import BenchError
@@ -36,15 +35,11 @@ KITTI_NAMES = ["a photo i took of a car on my left or right side.", "a photo i t
 
 
 def _pngs(n: int, seed: int) -> list[bytes]:
-    """Non-square images with a coloured block, so the model's resize + crop matters."""
-    rng = np.random.default_rng(seed)
+    """Non-square images with a coloured block (so the model's resize + crop matters), PNG-encoded."""
     out = []
-    for i in range(n):
-        h, w = (24, 56) if i % 2 else (60, 28)
-        arr = rng.integers(0, 256, size=(h, w, 3)).astype(np.uint8)
-        arr[: h // 2, : w // 3] = rng.integers(0, 256, 3)
+    for img in non_square_images(n, seed):
         buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="png")
+        img.save(buf, format="png")
         out.append(buf.getvalue())
     return out
 

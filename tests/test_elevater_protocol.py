@@ -22,6 +22,7 @@ from identity_helpers import latest_result
 from PIL import Image
 from test_sources import write_wds
 from tiny_models import CLIP_MEAN, CLIP_STD, make_image_dataset, make_open_clip_dir, write_model_yaml
+from tiny_models import non_square_images as _images
 
 from bench.datasets.registry import get_dataset
 from bench.errors import BenchError
@@ -40,18 +41,6 @@ def _elevater_transform(crop: bool):
     steps = ([transforms.Resize(size[0], interpolation=Image.BICUBIC), transforms.CenterCrop(size=size)] if crop
              else [transforms.Resize(size, interpolation=Image.BICUBIC)])
     return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean=CLIP_MEAN, std=CLIP_STD)])
-
-
-def _images(n: int, seed: int) -> list[Image.Image]:
-    """Non-square images (wide and tall) with coloured blocks, so crop and squash differ."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        h, w = (24, 56) if i % 2 else (60, 28)
-        arr = rng.integers(0, 256, size=(h, w, 3)).astype(np.uint8)
-        arr[: h // 2, : w // 3] = rng.integers(0, 256, 3)
-        out.append(Image.fromarray(arr))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -91,3 +91,15 @@ def make_image_dataset(folder: Path, n_classes: int = 3, per_class: int = 4, siz
     (folder / "label.txt").write_text("\n".join(labels_en) + "\n")
     (folder / "label_cn.txt").write_text("\n".join(labels_zh) + "\n", encoding="utf-8")
     return folder
+
+
+def non_square_images(n: int, seed: int) -> list[Image.Image]:
+    """Non-square images (wide and tall) with coloured blocks, so crop and squash differ."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        h, w = (24, 56) if i % 2 else (60, 28)
+        arr = rng.integers(0, 256, size=(h, w, 3)).astype(np.uint8)
+        arr[: h // 2, : w // 3] = rng.integers(0, 256, 3)
+        out.append(Image.fromarray(arr))
+    return out
