@@ -37,12 +37,18 @@ def load_yaml(path: Path) -> Any:
         raise BenchError(f"{path}: invalid YAML value ({type(exc).__name__}: {exc})") from None
 
 
+def _is_spelling_map(choices: Any) -> bool:
+    # A spelling map sends every spelling to a canonical name that is itself a spelling; a registry dict
+    # (name → Protocol, name → "module:Class") is only a list of names, and its values must never be suggested.
+    return isinstance(choices, dict) and all(isinstance(v, str) and v in choices for v in choices.values())
+
+
 def suggest(name: str, choices: Iterable[str] | dict[str, str]) -> str:
     """' (did you mean: a, b?)' for close matches of `name`, or ''.
 
     `choices` may map every accepted spelling (aliases included) to its canonical name: spellings are matched
     case-insensitively and the canonical names suggested, each once (not cifar10, cifar_10 and CIFAR-10)."""
-    canonical = dict(choices) if isinstance(choices, dict) else {c: c for c in choices}
+    canonical = dict(choices) if _is_spelling_map(choices) else {c: c for c in choices}
     by_lower: dict[str, str] = {}
     for spelling, target in canonical.items():
         by_lower.setdefault(spelling.lower(), target)
@@ -54,7 +60,7 @@ def suggest(name: str, choices: Iterable[str] | dict[str, str]) -> str:
 def unknown(kind: str, name: str, choices: Iterable[str] | dict[str, str], hint: str = "") -> BenchError:
     """The error for an unknown registry name, with close-match suggestions (`choices`: names, or every
     accepted spelling → its canonical name)."""
-    if not isinstance(choices, dict):
+    if not _is_spelling_map(choices):
         choices = sorted(set(choices))
     msg = f"unknown {kind} '{name}'{suggest(name, choices)}"
     return BenchError(msg + (f"; {hint}" if hint else ""))

@@ -163,3 +163,18 @@ def test_loading_is_said_only_when_the_model_loads(bench_cli, tmp_path, digits_r
         caplog.clear()
         assert _run(bench_cli, tmp_path, *args, root=digits_root, cache=cache_dir)[0] == 0  # fully cached
         assert "loading demo" not in caplog.text
+
+
+def test_suggestions_from_a_registry_dict_name_its_keys_never_its_values():
+    # Regression: a registry dict (name → Protocol, name → "module:Class") was read as a spelling map, so
+    # a protocol typo crashed on an unhashable Protocol and a backend typo suggested a module path.
+    from bench import protocols
+    from bench.backends import BACKENDS
+    from bench.registry import unknown
+
+    assert "did you mean: open_clip" in str(unknown("backend", "open-clip", BACKENDS))
+    assert "bench.backends" not in str(unknown("backend", "open-clip", BACKENDS))
+    assert "did you mean: cn-clip" in str(unknown("protocol", "cn-clp", protocols._registry()))
+    # a real spelling map (alias → canonical) still suggests the canonical name once
+    assert str(unknown("model", "VIT-H41", {"vit-h14": "cn-clip/vit-h14", "cn-clip/vit-h14": "cn-clip/vit-h14"})
+               ).count("cn-clip/vit-h14") == 1
