@@ -117,7 +117,8 @@ class Backend(ABC):
         self.spec = spec
         self.device = resolve_device(device)
         self.cache_dir = cache_dir
-        self._compiled: Callable | None = None
+        self._towers: dict[tuple, Callable] = {}  # compiled image towers by (image shape, dtype)
+        self.tower_source = ""  # how the last compiled tower was obtained: memory | stored | built | jit
         self._known_values: dict | None = None
         self._memo_entry: tuple[IdentityMemo | None, str] | None = None
         self._state = {"text": False, "model": False}
@@ -281,7 +282,7 @@ class Backend(ABC):
             # Only the batch size varies; a fully dynamic graph would also guard on "batch == image size"
             # (duck sizing) and compile again for a batch that differs.
             torch._dynamo.maybe_mark_dynamic(pixels, 0)
-        encode = self._compiled_image_tower() if compiled else self._encode_images
+        encode = self._compiled_image_tower(pixels) if compiled else self._encode_images
         with self.autocast(), self._compile_config(compiled):
             out = encode(pixels)
         return out.float()
@@ -298,10 +299,73 @@ class Backend(ABC):
 
         return inductor_config.patch(freezing=True)
 
-    def _compiled_image_tower(self) -> Callable:
-        if self._compiled is None:
-            self._compiled = torch.compile(self._encode_images)
-        return self._compiled
+    def autocast_id(self) -> str:
+        """The autocast this backend encodes under, as text (part of a compiled tower's key)."""
+        ac = self.autocast()
+        return f"{ac.device}:{ac._enabled}:{ac.fast_dtype}"
+
+    def _tower_path(self, pixels: torch.Tensor) -> Path | None:
+        from bench import towers
+
+        folder = towers.store_dir(self.cache_dir)
+        if folder is None:
+            return None
+        return folder / f"{towers.tower_key(self, tuple(pixels.shape[1:]), pixels.dtype)}.pt2"
+
+    def has_compiled_tower(self, pixels: torch.Tensor) -> bool:
+        """Whether a compiled tower for pixels like these is in memory or stored (no compiling needed)."""
+        if (tuple(pixels.shape[1:]), pixels.dtype) in self._towers:
+            return True
+        path = self._tower_path(pixels)
+        return path is not None and path.is_file()
+
+    def _compiled_image_tower(self, pixels: torch.Tensor) -> Callable:
+        """The compiled tower for pixels like these: from memory, else from the store (checked against
+        eager features on two images), else built as an AOTInductor package and stored. A stored
+        package that fails to load or disagrees is rebuilt with a warning. If AOTInductor cannot build
+        one, torch.compile compiles in memory (this process only)."""
+        import tempfile
+
+        from bench import towers
+
+        slot = (tuple(pixels.shape[1:]), pixels.dtype)
+        if slot in self._towers:
+            self.tower_source = "memory"
+            return self._towers[slot]
+        path = self._tower_path(pixels)
+        if path is not None and path.is_file():
+            try:
+                tower = towers.load_package(path, self.device)
+                probe = pixels[:2]
+                with self.autocast():
+                    ok = towers.agrees(tower(probe), self._encode_images(probe), self.device.type)
+                if not ok:
+                    raise ValueError("its features differ from eager ones")
+                self._towers[slot], self.tower_source = tower, "stored"
+                return tower
+            except Exception as exc:  # a truncated/corrupt zip, a foreign build, ...: any reason rebuilds
+                text = str(exc).strip()
+                log.warning("the stored compiled image tower %s of %s could not be used (%s); rebuilding it",
+                            path, self.spec.name, text.splitlines()[0] if text else type(exc).__name__)
+                path.unlink(missing_ok=True)
+        try:
+            if path is not None:
+                towers.build_package(self, pixels, path)
+                tower = towers.load_package(path, self.device)
+            else:  # no cache dir: build in a temporary folder, keep it in memory only
+                with tempfile.TemporaryDirectory() as tmp:
+                    built = Path(tmp) / "tower.pt2"
+                    towers.build_package(self, pixels, built)
+                    tower = towers.load_package(built, self.device)
+            self.tower_source = "built"
+        except Exception as exc:  # export cannot trace some models (data-dependent control flow, ...)
+            text = str(exc).strip()
+            log.warning("AOTInductor could not compile the image tower of %s (%s); compiling it in memory with "
+                        "torch.compile instead (not stored)", self.spec.name,
+                        text.splitlines()[0] if text else type(exc).__name__)
+            tower, self.tower_source = torch.compile(self._encode_images), "jit"
+        self._towers[slot] = tower
+        return tower
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
