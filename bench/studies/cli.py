@@ -34,7 +34,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "bench study negation --model vit-h14 --dataset kitti-distance   # default vs other-not-negation + probe",
     ),
     "labels": (
-        "bench study labels --model demo --dataset digits --variant overlapping   # names that share words: 29.7 vs 98.3",
+        "bench study labels --model demo --dataset digits --variant overlapping   # names that share a class word",
         "bench study labels --model demo --dataset digits --variant numerals      # digits the demo cannot read: [UNK]",
         "bench study labels --model vit-b16 --dataset imagenet-1k --variant protocol:cn-clip  # ours vs its label_cn.txt",
     ),
