@@ -33,7 +33,7 @@ test: install
 bench: install
 	$(BIN)/bench run $(foreach m,$(MODELS),--model $(m)) $(foreach d,$(DATASET),--dataset $(d)) --out $(RUNS) $(ARGS)
 	$(if $(filter demo,$(MODEL)),$(BIN)/bench run --model demo --dataset digits-retrieval --task retrieval --out $(RUNS) $(ARGS))
-	$(if $(filter demo,$(MODEL)),$(BIN)/bench study prompts --model demo --dataset digits --out $(RUNS) && $(BIN)/bench study labels --model demo --dataset digits --variant numerals --out $(RUNS))
+	$(if $(filter demo,$(MODEL)),$(BIN)/bench study prompts --model demo --dataset digits --out $(RUNS) && $(BIN)/bench study labels --model demo --dataset digits --variant overlapping --out $(RUNS))
 	$(BIN)/bench report $(RUNS) --out $(REPORT) --format $(FORMAT)
 
 report: install

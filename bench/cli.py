@@ -15,6 +15,7 @@ from bench.cli_common import (
     add_knowledge_args,
     add_protocol_args,
     encoding_options,
+    examples,
     knowledge_options,
     split_multi,
 )
@@ -49,8 +50,14 @@ def _add_common_data(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench", description="Zero-shot image classification benchmarks "
-                                     "for CLIP-family models, in Chinese and English.")
+    parser = argparse.ArgumentParser(
+        prog="bench", description="Zero-shot image classification benchmarks for CLIP-family models, in Chinese "
+        "and English. Every command's --help ends with examples.",
+        **examples("bench datasets prepare digits                  # a tiny offline dataset for the demo model",
+                   "bench run --model demo --dataset digits",
+                   "bench study prompts --model demo --dataset digits",
+                   "bench report results/runs --out results/report",
+                   "bench models list"))
     parser.add_argument("--version", action="version", version=f"bench {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -102,19 +109,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="few-shot sampling seeds, comma-separated (default: 0,1,2)")
     run.set_defaults(func=cmd_run)
 
-    models = sub.add_parser("models", help="the model registry")
+    models = sub.add_parser("models", help="the model registry", **examples("bench models list"))
     msub = models.add_subparsers(dest="action", required=True)
-    ml = msub.add_parser("list", help="list registered models")
+    ml = msub.add_parser("list", help="list registered models",
+                         **examples("bench models list", "bench models list --json   # every field, for scripts"))
     ml.add_argument("--json", action="store_true")
     ml.set_defaults(func=cmd_models_list)
 
-    protos = sub.add_parser("protocols", help="the protocol registry (published evaluation protocols)")
+    protos = sub.add_parser("protocols", help="the protocol registry (published evaluation protocols)",
+                            **examples("bench protocols list"))
     psub = protos.add_subparsers(dest="action", required=True)
-    pl = psub.add_parser("list", help="list registered protocols")
+    pl = psub.add_parser("list", help="list registered protocols",
+                         **examples("bench protocols list", "bench protocols list --json   # every field"))
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_protocols_list)
 
-    report = sub.add_parser("report", help="HTML + Markdown report from result JSON")
+    report = sub.add_parser("report", help="HTML + Markdown report from result JSON", **examples(
+        "bench report                                   # results/runs -> results/report (md and html)",
+        "bench report results/runs results/runs-my-zh --out results/report",
+        "bench report results/runs --format csv --out results/table   # results/table/results.csv"))
     report.add_argument("runs", nargs="*", type=Path, default=[Path("results/runs")])
     report.add_argument("--out", type=Path, default=Path("results/report"))
     report.add_argument("--format", choices=["md", "html", "both", "csv", "parquet"], default="both",

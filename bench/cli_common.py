@@ -8,6 +8,16 @@ from pathlib import Path
 from bench.errors import BenchError
 
 
+def examples(*lines: str) -> dict:
+    """`add_parser` keyword arguments for an 'examples:' epilog, one command line per line.
+
+    RawDescriptionHelpFormatter keeps the lines as written: the default formatter would wrap them into one
+    paragraph that cannot be copied. tests/test_help.py parses every line with the real parser.
+    """
+    body = "".join(f"  {line}\n" for line in lines)
+    return {"epilog": f"examples:\n{body}", "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def add_protocol_args(p: argparse.ArgumentParser) -> None:
     """--protocol and --precision (see docs/protocols.md)."""
     p.add_argument("--protocol", default="bench", help="evaluation protocol (`bench protocols list`; default: bench)")

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bench.cache import atomic_write_bytes
+from bench.cli_common import examples
 from bench.errors import BenchError
 from bench.experiment import logits_path
 
@@ -261,18 +262,26 @@ def _cmd_elevater_submission(args: argparse.Namespace) -> int:
     return 0
 
 
+TABLE_EXAMPLES = {"csv": "bench export csv results/runs --out results.csv",
+                  "parquet": "bench export parquet results/runs --out results.parquet   # needs pyarrow"}
+SUBMISSION_EXAMPLE = ("bench export elevater-submission results/runs --out submission/ --model-name my-clip"
+                      "   # from runs saved with --save-logits")
+
+
 def register_cli(subparsers) -> None:
     """`bench export elevater-submission RUNS --out DIR`."""
-    export = subparsers.add_parser("export", help="export saved runs for other tools")
+    export = subparsers.add_parser("export", help="export saved runs for other tools", **examples(
+        *(TABLE_EXAMPLES[fmt] for fmt in TABLE_FORMATS), SUBMISSION_EXAMPLE))
     sub = export.add_subparsers(dest="export", required=True, metavar="FORMAT")
     for fmt in TABLE_FORMATS:
         t = sub.add_parser(fmt, help=f"every result as a tidy {fmt} table: one row per result × metric"
-                           + (" (needs pyarrow)" if fmt == "parquet" else ""))
+                           + (" (needs pyarrow)" if fmt == "parquet" else ""), **examples(TABLE_EXAMPLES[fmt]))
         t.add_argument("runs", nargs="+", type=Path, metavar="RUNS", help="result JSONs or runs folders")
         t.add_argument("--out", type=Path, required=True, help=f"the .{fmt} file to write")
         t.set_defaults(func=_cmd_table)
     p = sub.add_parser("elevater-submission",
-                       help="the ELEVATER leaderboard's prediction files from runs saved with --save-logits")
+                       help="the ELEVATER leaderboard's prediction files from runs saved with --save-logits",
+                       **examples(SUBMISSION_EXAMPLE))
     p.add_argument("runs", nargs="+", type=Path, metavar="RUNS", help="result JSONs or runs folders")
     p.add_argument("--out", type=Path, required=True, help="folder for <dataset>.json and all_predictions.zip")
     p.add_argument("--model-name", default=None, help="model_name in the files (default: the run's model)")

@@ -333,8 +333,9 @@ def unknown_labels(backend: Backend, labels: Labels) -> list[str]:
     unknown = backend.unknown_tokens(list(labels.names))
     if unknown:
         shown = ", ".join(unknown[:8]) + (" …" if len(unknown) > 8 else "")
-        log.warning("%d class name(s) in %s tokenize to [UNK] for %s: %s (a variant such as `in-vocab` may avoid this;"
-                    " `bench labels lint --model` lists them)", len(unknown), labels.description, backend.spec.name, shown)
+        log.warning("%d class name(s) in %s tokenize to [UNK] for %s: %s (other names the tokenizer knows, as a "
+                    "--labels variant, avoid this; `bench labels lint --model` lists them)",
+                    len(unknown), labels.description, backend.spec.name, shown)
     return unknown
 
 

@@ -6,39 +6,44 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.cli_common import add_encoding_args, add_protocol_args, encoding_options
+from bench.cli_common import add_encoding_args, add_protocol_args, encoding_options, examples
 from bench.errors import BenchError
 from bench.paths import default_cache_dir, default_data_root
 
-PROMPTS_EPILOG = """examples:
-  bench prompts new my-zh --language zh --from openai-zh
-  bench prompts lint prompts/my-zh.yaml --model vit-b16 --dataset cifar-100
-  bench prompts eval prompts/my-zh.yaml --model demo --dataset digits --baseline demo-zh
-"""
-LABELS_EPILOG = """examples:
-  bench labels new digits --language zh --out my-labels/
-  bench labels lint label_translations/zh/kitti-distance.yaml
-  bench labels lint --dataset cifar-100 --language zh --model vit-b16
-  bench labels lint my-labels/digits.yaml --model demo --prompts my-descriptions.yaml
-"""
+# Each action's --help shows its own lines; `bench prompts --help` and `bench labels --help` show them all.
+PROMPTS_EXAMPLES: dict[str, tuple[str, ...]] = {
+    "new": ("bench prompts new my-zh --language zh --from openai-zh   # writes prompts/my-zh.yaml",
+            "bench prompts new my-en --language en --out my-prompts/"),
+    "lint": ("bench prompts lint prompts/my-zh.yaml --model vit-b16 --dataset cifar-100",
+             "bench prompts lint demo-zh --model demo --dataset digits"),
+    "eval": ("bench prompts eval prompts/my-zh.yaml --model demo --dataset digits --baseline demo-zh",
+             "bench prompts eval simple-zh --model demo --dataset digits"),
+}
+LABELS_EXAMPLES: dict[str, tuple[str, ...]] = {
+    "new": ("bench labels new digits --language zh --out my-labels/   # writes my-labels/digits.yaml",),
+    "lint": ("bench labels lint label_translations/zh/kitti-distance.yaml",
+             "bench labels lint --dataset cifar-100 --language zh --model vit-b16",
+             "bench labels lint my-labels/digits.yaml --model demo --prompts my-descriptions.yaml"),
+}
+
+
+def _all(by_action: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    return tuple(line for lines in by_action.values() for line in lines)
+
 
 
 def register_cli(sub) -> None:
-    raw = argparse.RawDescriptionHelpFormatter
-    prompts = sub.add_parser("prompts", help="author prompt sets: new, lint, eval", epilog=PROMPTS_EPILOG,
-                             formatter_class=raw)
+    prompts = sub.add_parser("prompts", help="author prompt sets: new, lint, eval", **examples(*_all(PROMPTS_EXAMPLES)))
     psub = prompts.add_subparsers(dest="action", required=True)
 
-    new = psub.add_parser("new", help="scaffold a documented prompt-set YAML file", epilog=PROMPTS_EPILOG,
-                          formatter_class=raw)
+    new = psub.add_parser("new", help="scaffold a documented prompt-set YAML file", **examples(*PROMPTS_EXAMPLES["new"]))
     new.add_argument("name", help="set name (the file is NAME.yaml)")
     new.add_argument("--language", required=True, choices=["en", "zh"])
     new.add_argument("--from", dest="source", default=None, help="start from this set's templates (name or file)")
     new.add_argument("--out", type=Path, default=Path("prompts"), help="folder to write into (default: prompts/)")
     new.set_defaults(func=cmd_prompts_new)
 
-    lint = psub.add_parser("lint", help="check a prompt set (exit 1 on errors)", epilog=PROMPTS_EPILOG,
-                           formatter_class=raw)
+    lint = psub.add_parser("lint", help="check a prompt set (exit 1 on errors)", **examples(*PROMPTS_EXAMPLES["lint"]))
     lint.add_argument("file", nargs="+", help="prompt-set file(s) or shipped set name(s)")
     lint.add_argument("--model", default=None, help="also tokenize every prompt with this model's tokenizer")
     lint.add_argument("--dataset", action="append", default=[],
@@ -48,7 +53,7 @@ def register_cli(sub) -> None:
     lint.set_defaults(func=cmd_prompts_lint)
 
     ev = psub.add_parser("eval", help="accuracy of a set and of each template vs a baseline set",
-                         epilog=PROMPTS_EPILOG, formatter_class=raw)
+                         **examples(*PROMPTS_EXAMPLES["eval"]))
     ev.add_argument("prompts", help="prompt-set file or shipped set name")
     ev.add_argument("--model", required=True)
     ev.add_argument("--dataset", required=True)
@@ -64,17 +69,15 @@ def register_cli(sub) -> None:
     _add_device(ev, "auto")
     ev.set_defaults(func=cmd_prompts_eval)
 
-    labels = sub.add_parser("labels", help="label translation files: new, lint", epilog=LABELS_EPILOG,
-                            formatter_class=raw)
+    labels = sub.add_parser("labels", help="label translation files: new, lint", **examples(*_all(LABELS_EXAMPLES)))
     lsub = labels.add_subparsers(dest="action", required=True)
     ln = lsub.add_parser("new", help="scaffold a label file with per-class definition/descriptions stubs",
-                         epilog=LABELS_EPILOG, formatter_class=raw)
+                         **examples(*LABELS_EXAMPLES["new"]))
     ln.add_argument("dataset", help="dataset name (its shipped labels, or the registry's English names, are copied)")
     ln.add_argument("--language", required=True, choices=["en", "zh"])
     ln.add_argument("--out", type=Path, default=Path("."), help="folder to write DATASET.yaml into (default: .)")
     ln.set_defaults(func=cmd_labels_new)
-    ll = lsub.add_parser("lint", help="check a label file (exit 1 on errors)", epilog=LABELS_EPILOG,
-                         formatter_class=raw)
+    ll = lsub.add_parser("lint", help="check a label file (exit 1 on errors)", **examples(*LABELS_EXAMPLES["lint"]))
     ll.add_argument("file", nargs="?", type=Path, default=None, help="label YAML file")
     ll.add_argument("--dataset", default=None, help="dataset the file is for (default: the file name); "
                     "without FILE: lint the shipped file for this dataset")

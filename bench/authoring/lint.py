@@ -131,8 +131,9 @@ def _labels_for(group: str, language: str, datasets: tuple[str, ...], path: str,
                                     "checked with a sample label only"))
             continue
         names, variants = parse_label_file(file)
-        all_names = list(dict.fromkeys([*names, *(n for v in variants.values() for n in v.values())]))
-        out.append((f"{spec.name} labels", all_names))
+        # each variant is its own source: a variant's [UNK] names are not the default labels' problem
+        out.append((f"{spec.name} labels", list(names)))
+        out += [(f"{spec.name} labels' variant '{v}'", list(dict.fromkeys(m.values()))) for v, m in variants.items()]
     if not out:
         out.append(("sample label", [SAMPLE_LABEL[language]]))
     return out, findings

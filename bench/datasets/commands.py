@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from bench.cli_common import examples
 from bench.datasets import sources, wds
 from bench.datasets.base import SplitData, collate
 from bench.datasets.registry import DatasetSpec, get_dataset, list_datasets
@@ -32,9 +33,11 @@ VERIFY_EPILOG = """examples:
 
 
 def register_cli(sub) -> None:
-    datasets = sub.add_parser("datasets", help="the dataset registry and local data")
+    datasets = sub.add_parser("datasets", help="the dataset registry and local data", **examples(
+        "bench datasets list", "bench datasets prepare digits", "bench datasets verify digits"))
     dsub = datasets.add_subparsers(dest="action", required=True)
-    dl = dsub.add_parser("list", help="list registered datasets and where their data was found")
+    dl = dsub.add_parser("list", help="list registered datasets and where their data was found", **examples(
+        "bench datasets list", "bench datasets list --data-root ~/elevater --json   # every field, for scripts"))
     dl.add_argument("--json", action="store_true")
     _data_root(dl)
     dl.set_defaults(func=cmd_list)

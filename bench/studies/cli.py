@@ -11,23 +11,38 @@ from bench.cli_common import (
     add_knowledge_args,
     add_protocol_args,
     encoding_options,
+    examples,
     knowledge_options,
     split_multi,
 )
 from bench.errors import BenchError
 
-EPILOG = """examples:
-  bench study prompts  --model demo --dataset digits
-  bench study prompts  --model vit-h14 --model vit-l14 --dataset cifar-10 --dataset dtd --data-root ~/elevater
-  bench study sets     --model vit-h14 --dataset all --sets openai-zh elevater-zh
-  bench study negation --model vit-h14 --dataset kitti-distance            (default vs other-not-negation + probe)
-  bench study negation --model demo --dataset digits --probe-mode replace
-  bench study labels   --model demo --dataset digits --variant numerals
-  bench study knowledge --model demo --dataset digits --labels my-digits.yaml --cupl cupl.json
-  bench study labels   --model vit-b16 --dataset imagenet-1k --variant protocol:cn-clip  (ours vs its label_cn.txt)
-  bench study sets     --model vit-b16 --dataset food-101 --sets openai-zh protocol:cn-clip
-  bench study prompts  --model openai/vit-b16 --dataset cifar-10 --protocol elevater     (scored as ELEVATER scores)
-"""
+# Each study's own --help shows its lines; `bench study --help` shows them all.
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "prompts": (
+        "bench study prompts --model demo --dataset digits",
+        "bench study prompts --model vit-h14 --model vit-l14 --dataset cifar-10 --dataset dtd --data-root ~/elevater",
+        "bench study prompts --model openai/vit-b16 --dataset cifar-10 --protocol elevater  # scored as ELEVATER scores",
+    ),
+    "sets": (
+        "bench study sets --model demo --dataset digits --sets demo-zh simple-zh",
+        "bench study sets --model vit-h14 --dataset all --sets openai-zh elevater-zh",
+        "bench study sets --model vit-b16 --dataset food-101 --sets openai-zh protocol:cn-clip",
+    ),
+    "negation": (
+        "bench study negation --model demo --dataset digits --probe-mode replace",
+        "bench study negation --model vit-h14 --dataset kitti-distance   # default vs other-not-negation + probe",
+    ),
+    "labels": (
+        "bench study labels --model demo --dataset digits --variant overlapping   # names that share a class word",
+        "bench study labels --model demo --dataset digits --variant numerals      # digits the demo cannot read: [UNK]",
+        "bench study labels --model vit-b16 --dataset imagenet-1k --variant protocol:cn-clip  # ours vs its label_cn.txt",
+    ),
+    "knowledge": (
+        "bench study knowledge --model demo --dataset digits",
+        "bench study knowledge --model demo --dataset digits --labels my-digits.yaml --cupl cupl.json",
+    ),
+}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -50,10 +65,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def register_cli(subparsers) -> None:
     study = subparsers.add_parser("study", help="prompt, prompt-set, negation, label-variant and knowledge studies",
-                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                  **examples(*(line for lines in EXAMPLES.values() for line in lines)))
     sub = study.add_subparsers(dest="study", required=True, metavar="STUDY")
 
-    p = sub.add_parser("prompts", help="every template alone, the ensemble, greedy selection on val")
+    p = sub.add_parser("prompts", help="every template alone, the ensemble, greedy selection on val",
+                       **examples(*EXAMPLES["prompts"]))
     _common(p)
     p.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=True,
                    help="greedy forward template selection on a validation split (default: on)")
@@ -63,12 +79,14 @@ def register_cli(subparsers) -> None:
     p.add_argument("--max-templates", type=int, default=None, help="stop greedy selection at N templates")
     p.set_defaults(func=cmd_study, kind="prompts")
 
-    p = sub.add_parser("sets", help="two or more prompt sets on the same features, and their union")
+    p = sub.add_parser("sets", help="two or more prompt sets on the same features, and their union",
+                       **examples(*EXAMPLES["sets"]))
     _common(p)
     p.add_argument("--sets", nargs="+", required=True, help="prompt set names or YAML files (first = baseline)")
     p.set_defaults(func=cmd_study, kind="sets")
 
-    p = sub.add_parser("negation", help="negated class names vs alternatives, and the negation probe")
+    p = sub.add_parser("negation", help="negated class names vs alternatives, and the negation probe",
+                       **examples(*EXAMPLES["negation"]))
     _common(p)
     p.add_argument("--variant", action="append", default=None,
                    help="label variant name or YAML file to compare ('default' = the shipped labels); "
@@ -80,14 +98,15 @@ def register_cli(subparsers) -> None:
     p.add_argument("--negation", default=None, help="negation format with {} for the class (default: 没有{} / no {})")
     p.set_defaults(func=cmd_study, kind="negation")
 
-    p = sub.add_parser("labels", help="a label variant vs the baseline labels, per class")
+    p = sub.add_parser("labels", help="a label variant vs the baseline labels, per class",
+                       **examples(*EXAMPLES["labels"]))
     _common(p)
     p.add_argument("--variant", required=True, help="label variant name or label YAML file")
     p.add_argument("--top", type=int, default=10, help="top movers to list (default 10)")
     p.set_defaults(func=cmd_study, kind="labels")
 
     p = sub.add_parser("knowledge", help="plain templates vs + definitions vs + descriptions vs CuPL vs ELEVATER "
-                       "knowledge vs their union, per class")
+                       "knowledge vs their union, per class", **examples(*EXAMPLES["knowledge"]))
     _common(p)
     p.add_argument("--cupl", default=None, help="a CuPL prompt file ({class name: [prompts]}, .json or .yaml)")
     add_knowledge_args(p)
