@@ -526,7 +526,7 @@ class Runner:
             "encoder": {"compile": opts.compile, "compiled": feats.compiled, "compile_s": round(feats.compile_s, 3),
                         "tower": feats.tower},
             "timings": {"image_features_s": round(feats.seconds, 3), "classify_s": round(t2 - t1, 3),
-                        "total_s": round(t2 - t0, 3)},
+                        "total_s": round(t2 - t0, 3), **backend.take_fixed_costs()},
             "manifest": self.manifest(backend, data, ps),
         }
         self.write(result, data, logits, targets, feats.indices)
@@ -619,7 +619,7 @@ class Runner:
             "limit": opts.limit,
             "cache": {"image_features": keys, "images_encoded": encoded},
             "timings": {"image_features_s": round(t1 - t0, 3), **outcome.timings, "few_shot_s": round(t3 - t2, 3),
-                        "total_s": round(t3 - t0, 3)},
+                        "total_s": round(t3 - t0, 3), **backend.take_fixed_costs()},
             "manifest": self.manifest(backend, test_data, ps),
         }
         if labels is not None:
@@ -713,7 +713,7 @@ class Runner:
             "encoder": {"compile": opts.compile, "compiled": feats.compiled, "compile_s": round(feats.compile_s, 3),
                         "tower": feats.tower},
             "timings": {"image_features_s": round(feats.seconds, 3), "text_features_s": round(t2 - t1, 3),
-                        "retrieval_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3)},
+                        "retrieval_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3), **backend.take_fixed_costs()},
             "manifest": self.manifest(backend, data, None),
         }
         result["manifest"]["dataset"]["texts_fingerprint"] = data.texts_fingerprint

@@ -89,10 +89,18 @@ def build_package(backend: Backend, example: torch.Tensor, path: Path) -> None:
 
 
 def load_package(path: Path, device: torch.device) -> Callable:
+    """A stored package, loaded for `device`."""
     import torch._inductor
 
     index = device.index if device.type == "cuda" and device.index is not None else -1
-    return torch._inductor.aoti_load_package(str(path), device_index=index)
+    # cpp_extension warns "No CUDA runtime is found" on every CPU load: noise, not a problem with the package
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return torch._inductor.aoti_load_package(str(path), device_index=index)
+    finally:
+        quiet.setLevel(level)
 
 
 def agrees(got: torch.Tensor, want: torch.Tensor, device: str) -> bool:

@@ -106,8 +106,15 @@ def bench_run(model: str, dataset: Path, cache: Path, out: Path, *, batch: int, 
     wall = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"bench run failed:\n{proc.stderr[-3000:]}")
-    name = next(p for p in out.iterdir() if p.is_dir())
-    return json.loads(next(name.rglob("zeroshot.json")).read_text()), wall
+    return json.loads(newest_result(out).read_text()), wall
+
+
+def newest_result(out: Path) -> Path:
+    """The newest zero-shot result under `out` (results are named by experiment: zeroshot[@…].json)."""
+    found = [p for p in out.rglob("zeroshot*.json") if not p.name.endswith(".predictions.json")]
+    if not found:
+        raise SystemExit(f"no zero-shot result under {out}")
+    return max(found, key=lambda p: p.stat().st_mtime_ns)
 
 
 def throughput(work: Path, label: str, arch, n: int, size: int, batch: int, workers: int, threads: int) -> dict:
@@ -246,7 +253,7 @@ def peak_rss(work: Path, n: int, batch: int, workers: int, threads: int) -> dict
             raise SystemExit(f"RSS run failed:\n{proc.stderr[-3000:]}")
         walls.append(time.perf_counter() - start)
         rss.append(int(proc.stdout.strip().splitlines()[-1]) / 1024)
-    result = json.loads(next(out.rglob("zeroshot.json")).read_text())
+    result = json.loads(newest_result(out).read_text())
     assert result["cache"]["images_encoded"] == 0
     return {"images": n, "peak_rss_mb": rss[0], "wall_s": walls[0], "warm_wall_s": walls[1],
             "warm_total_s": result["timings"]["total_s"], "warm_speedup_process": walls[0] / walls[1]}

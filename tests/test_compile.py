@@ -198,3 +198,19 @@ def test_the_runner_counts_later_steps_of_the_run_for_auto(tmp_path, bench_cli, 
     assert code == 0, err
     n_train = sum(1 for p in (digits_root / "digits" / "train").rglob("*") if p.is_file())
     assert asked == [n_train, 0]
+
+
+def test_results_report_the_fixed_costs_their_step_paid(tmp_path, bench_cli, digits_root, cache_dir):
+    """The first step loads the model and hashes its weights; the next step of the run pays neither, and a
+    re-run whose identity is memoised hashes nothing."""
+    def go(out):
+        code, _, err = bench_cli("run", "--model", "demo", "--dataset", "digits", "--data-root", digits_root,
+                                 "--task", "all", "--cache-dir", cache_dir, "--out", tmp_path / out, "--workers", "0")
+        assert code == 0, err
+        folder = tmp_path / out / "demo" / "digits"
+        return [json.loads(latest_result(folder, task).read_text())["timings"] for task in ("zeroshot", "linear_probe")]
+
+    (zs, lp), (zs2, _) = go("cold"), go("warm")
+    assert zs["model_load_s"] > 0 and zs["weights_hash_s"] > 0
+    assert lp["model_load_s"] == lp["weights_hash_s"] == 0
+    assert zs2["weights_hash_s"] == zs2["model_load_s"] == 0  # memo + caches: a re-run neither loads nor hashes

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import re
 import sys
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +42,8 @@ def fingerprint_module(module: torch.nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():  # the tensor's own bytes, not a copy (the same digest as hashing tobytes())
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
     return h.hexdigest()
 
 
@@ -122,6 +124,16 @@ class Backend(ABC):
         self._known_values: dict | None = None
         self._memo_entry: tuple[IdentityMemo | None, str] | None = None
         self._state = {"text": False, "model": False}
+        # fixed costs paid by this backend and not yet reported in a result (see take_fixed_costs)
+        self._fixed = {"model_load_s": 0.0, "weights_hash_s": 0.0}
+
+    def take_fixed_costs(self) -> dict[str, float]:
+        """Seconds spent loading the model (tokenizer included) and hashing its weights since the last call:
+        a result reports the fixed costs its own step paid (0 when an earlier dataset paid them, or a memo
+        or the caches made them unnecessary)."""
+        taken = {k: round(v, 3) for k, v in self._fixed.items()}
+        self._fixed = dict.fromkeys(self._fixed, 0.0)
+        return taken
 
     def __getattr__(self, name: str):
         # Called only for attributes not set yet: the tokenizer or the model loads on first use.
@@ -140,11 +152,13 @@ class Backend(ABC):
             if not any(self._state.values()):  # said when something loads, not when a cached run only names it
                 log.info("loading %s%s", self.spec.name, self.load_note)
             self._state[part] = True  # set first: a failed load raises, it is not retried per attribute
+            start = time.perf_counter()
             try:
                 (self._load_text if part == "text" else self._load_model)()
             except AttributeError as exc:
                 # raised out of __getattr__ it would read as "no such attribute" on the backend
                 raise RuntimeError(f"loading the {part} of {self.spec.name} failed: {exc}") from exc
+            self._fixed["model_load_s"] += time.perf_counter() - start
             taken = self._memo_entry[1] if self._memo_entry is not None else ""
             if taken and self._memo_key()[1] != taken:
                 # e.g. a hub download fetched a newer revision after the identity was taken from the old
@@ -221,7 +235,11 @@ class Backend(ABC):
             memo, key = self._memo()
             known = memo.load(key) if memo is not None else None
             if known is None or not {"weights", "preprocess", "context_length", "unknown"} <= known.keys():
-                known = {"weights": fingerprint_module(self.model), "preprocess": self.preprocess_id,
+                model = self.model  # loads it (timed as loading)
+                start = time.perf_counter()
+                weights = fingerprint_module(model)
+                self._fixed["weights_hash_s"] += time.perf_counter() - start
+                known = {"weights": weights, "preprocess": self.preprocess_id,
                          "context_length": int(self.context_length), "unknown": {}}
                 if memo is not None:
                     memo.save(key, known)
