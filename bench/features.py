@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,38 +31,48 @@ COMPILE_WORTH_S = {"cpu": 60.0, "cuda": 300.0}
 
 
 def should_compile(policy: str, device: str, eager_s_per_image: float, images_left: int,
-                   worth_s: float | None = None) -> bool:
-    """Whether to switch the image tower to torch.compile, from one timed eager batch (`worth_s`: the
-    eager time left above which compiling pays, default COMPILE_WORTH_S for the device)."""
+                   worth_s: float | None = None, stored: bool = False) -> bool:
+    """Whether to switch the image tower to its compiled form: `on` always, `off` never; `auto` when a
+    compiled tower is already at hand (`stored`: in memory or on disk, so nothing to compile), or when the
+    eager encoding left in the whole run (`images_left`, every dataset still to encode with this model,
+    timed from one eager batch) would take longer than `worth_s` (default COMPILE_WORTH_S for the device)."""
     if policy not in COMPILE_POLICIES:
         raise BenchError(f"--compile must be one of {', '.join(COMPILE_POLICIES)}, got '{policy}'")
     if policy != "auto":
         return policy == "on"
+    if stored:
+        return True
     if worth_s is None:
         worth_s = COMPILE_WORTH_S.get(device, COMPILE_WORTH_S["cuda"])
     return eager_s_per_image * images_left > worth_s
 
 
 class ImageEncoder:
-    """Encodes batches for one cache entry under a compile policy: `on` compiles before the first batch,
-    `auto` times the first batch eagerly and compiles if the rest would take long enough to repay it.
+    """Encodes batches for one cache entry under a compile policy: `on` compiles before the first batch;
+    `auto` uses a compiled tower at once if one is in memory or stored, else times the first batch eagerly
+    and compiles if the rest of the run would take long enough to repay it. `later` counts the images that
+    later datasets of the run will encode with this backend (asked only when this entry alone is not enough).
 
     A compiler failure is an error under `on` (it was asked for) and a warning plus eager encoding under
     `auto`. Compiled and eager features agree to float32 rounding (about 1e-6), like two batch sizes do,
     so the choice is recorded in results but is not part of the feature cache key."""
 
-    def __init__(self, backend: Backend, policy: str, total: int, worth_s: float | None = None):
+    def __init__(self, backend: Backend, policy: str, total: int, worth_s: float | None = None,
+                 later: Callable[[], int] | None = None):
         should_compile(policy, backend.device.type, 0.0, 0)  # validate the name before any work
-        self.backend, self.policy, self.left, self.worth_s = backend, policy, total, worth_s
+        self.backend, self.policy, self.left, self.worth_s, self.later = backend, policy, total, worth_s, later
         # eager-timing (auto, first batch) → eager | compile-next → compiled | eager
         self.state = {"auto": "eager-timing", "on": "compile-next", "off": "eager"}[policy]
-        self.compile_s = 0.0  # wall time of the first compiled call: compiling plus that batch
+        self.compile_s = 0.0  # wall time of the first compiled call: compiling (or loading) plus that batch
+        self.tower = ""  # where the compiled tower came from: memory | stored | built | jit
 
     @property
     def compiled(self) -> bool:
         return self.state == "compiled"
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.state == "eager-timing" and self._has_tower(pixels):
+            self.state = "compile-next"
         self.left -= len(pixels)
         if self.state == "compile-next":
             return self._first_compiled(pixels)
@@ -70,13 +81,26 @@ class ImageEncoder:
         start = time.perf_counter()
         out = self.backend.encode_images(pixels)
         per_image = (time.perf_counter() - start) / max(len(pixels), 1)
-        if should_compile(self.policy, self.backend.device.type, per_image, self.left, self.worth_s):
+        device = self.backend.device.type
+        worth = should_compile(self.policy, device, per_image, self.left, self.worth_s)
+        later = 0
+        if not worth and self.later is not None:
+            later = self.later()
+            worth = should_compile(self.policy, device, per_image, self.left + later, self.worth_s)
+        if worth:
             self.state = "compile-next"
-            log.info("compiling the image tower of %s (about %.0f s of eager encoding left; --compile off skips this)",
-                     self.backend.spec.name, per_image * self.left)
+            log.info("compiling the image tower of %s (about %.0f s of eager encoding left in the run; "
+                     "--compile off skips this)", self.backend.spec.name, per_image * (self.left + later))
         else:
             self.state = "eager"
         return out
+
+    def _has_tower(self, pixels: torch.Tensor) -> bool:
+        has = getattr(self.backend, "has_compiled_tower", None)
+        try:
+            return bool(has and has(pixels))
+        except Exception:  # the key needs the model's identity; any failure just means "not known to exist"
+            return False
 
     def _first_compiled(self, pixels: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
@@ -92,6 +116,7 @@ class ImageEncoder:
             self.state = "eager"
             return self.backend.encode_images(pixels)
         self.state, self.compile_s = "compiled", time.perf_counter() - start
+        self.tower = getattr(self.backend, "tower_source", "")
         return out
 
 
@@ -153,6 +178,7 @@ class ImageFeatures:
     seconds: float = 0.0
     compiled: bool = False  # the image tower ran through torch.compile in this call
     compile_s: float = 0.0
+    tower: str = ""  # where the compiled tower came from: memory | stored | built | jit ("" when eager)
 
 
 def feature_key(backend: Backend, data: SplitData) -> str:
@@ -174,7 +200,7 @@ def image_features(backend: Backend, data: SplitData, cache: FeatureCache, **kwa
 
 def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, batch_size: int = 64,
                     workers: int | None = None, skip_bad_images: bool = False, progress: bool = True,
-                    compile: str = "auto") -> ImageFeatures:
+                    compile: str = "auto", later: Callable[[], int] | None = None) -> ImageFeatures:
     start = time.perf_counter()
     key = feature_key(backend, data)
     n, size = len(data), cache.shard_size
@@ -201,7 +227,7 @@ def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, b
             data.images(per_image, todo), batch_size=batch_size,
             num_workers=workers, collate_fn=collate, pin_memory=backend.device.type == "cuda",
             persistent_workers=False, prefetch_factor=4 if workers else None)
-        encoder = ImageEncoder(backend, compile, len(todo))
+        encoder = ImageEncoder(backend, compile, len(todo), later=later)
         desc = f"{backend.spec.name} · {data.spec.name}/{data.split}"
         tuner = ThreadTuner(workers, backend.device.type)
         with tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False) as bar, tuner:
@@ -245,7 +271,8 @@ def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, b
         indices=torch.cat([p["indices"] for p in parts]),
         errors=cached_errors,
         key=key, n_encoded=encoded, seconds=time.perf_counter() - start,
-        compiled=bool(encoder and encoder.compiled), compile_s=encoder.compile_s if encoder else 0.0)
+        compiled=bool(encoder and encoder.compiled), compile_s=encoder.compile_s if encoder else 0.0,
+        tower=encoder.tower if encoder and encoder.compiled else "")
     if not cache.is_complete(key):
         cache.finish(key, {"n": n, "shards": n_shards, "model": backend.identity(), "split": data.split,
                            "dataset": data.spec.name, "n_ok": int(out.indices.numel())})

@@ -29,7 +29,7 @@ from bench.datasets.retrieval import RetrievalSplit
 from bench.datasets.sources import DatasetRef
 from bench.errors import BenchError
 from bench.experiment import experiment, logits_path, per_image_path, result_stem, update_index
-from bench.features import ImageFeatures, image_features, text_embeddings
+from bench.features import ImageFeatures, feature_key, image_features, text_embeddings
 from bench.knowledge import KnowledgeConfig, load_knowledge
 from bench.labels import Labels, label_variants, resolve_labels
 from bench.metrics import compute_metrics, unsupported
@@ -354,6 +354,10 @@ class Runner:
         self.features = FeatureCache(opts.cache_dir, opts.shard_size)
         self.texts = TextCache(opts.cache_dir)
         self._backends: dict[tuple[str, str], Backend] = {}  # (model, image transform)
+        # the whole run's (model, dataset, task) steps and the one under way, when `run` drives the runner:
+        # `--compile auto` weighs compiling against every image the run will still encode with a model
+        self.plan: list[tuple[ModelSpec, DatasetRef, str]] = []
+        self.step = 0
 
     def backend(self, spec: ModelSpec, dataset: str | None = None) -> Backend:
         """The loaded model, with the image transform the protocol uses on `dataset` (registry name; None:
@@ -403,7 +407,36 @@ class Runner:
         """Image features of one split through the feature cache, with this run's encoding options."""
         o = self.opts
         return image_features(backend, data, self.features, batch_size=o.batch_size, workers=o.workers,
-                              skip_bad_images=o.skip_bad_images, progress=o.progress, compile=o.compile)
+                              skip_bad_images=o.skip_bad_images, progress=o.progress, compile=o.compile,
+                              later=lambda: self.images_later(backend, feature_key(backend, data)))
+
+    def images_later(self, backend: Backend, current: str = "") -> int:
+        """Images that the steps of the plan after the current one will encode with `backend` (same model
+        and transform), each feature entry once: entries complete in the cache, and `current` (the one being
+        encoded), count nothing. An estimate for `--compile auto`: a dataset that cannot be read here counts
+        nothing (its own step will say why)."""
+        key = next((k for k, b in self._backends.items() if b is backend), None)
+        seen, total = {current}, 0
+        for spec, ref, task in self.plan[self.step + 1:]:
+            if key != (spec.name, protocols.image_transform_for(self.protocol, ref.spec.name)):
+                continue
+            try:
+                for data in self._step_splits(ref, task):
+                    entry = feature_key(backend, data)
+                    if entry not in seen and not self.features.is_complete(entry):
+                        seen.add(entry)
+                        total += len(data)
+            except Exception as exc:  # noqa: BLE001 - counting must never fail the run
+                log.debug("not counting %s for --compile auto: %s", ref.spec.name, exc)
+        return total
+
+    def _step_splits(self, ref: DatasetRef, task: str) -> list:
+        """The splits whose image features a step encodes."""
+        o = self.opts
+        if task == "retrieval":
+            return [load_retrieval(ref, o.split, o.limit)]
+        splits = [o.split] if task == "zeroshot" else [o.split, "train", *(["val"] if (ref.folder / "val").is_dir() else [])]
+        return [load_data(ref, split, o.limit) for split in splits]
 
     def class_texts(self, ps: PromptSet, dataset: str, labels: Labels) -> tuple[ClassTexts, dict]:
         """Every class's prompts (templates × label and per-class fields, CuPL lists, ELEVATER knowledge)
@@ -490,9 +523,10 @@ class Runner:
             "limit": opts.limit,
             "source": data.source,
             "cache": {"image_features": feats.key, "images_encoded": feats.n_encoded},
-            "encoder": {"compile": opts.compile, "compiled": feats.compiled, "compile_s": round(feats.compile_s, 3)},
+            "encoder": {"compile": opts.compile, "compiled": feats.compiled, "compile_s": round(feats.compile_s, 3),
+                        "tower": feats.tower},
             "timings": {"image_features_s": round(feats.seconds, 3), "classify_s": round(t2 - t1, 3),
-                        "total_s": round(t2 - t0, 3)},
+                        "total_s": round(t2 - t0, 3), **backend.take_fixed_costs()},
             "manifest": self.manifest(backend, data, ps),
         }
         self.write(result, data, logits, targets, feats.indices)
@@ -585,7 +619,7 @@ class Runner:
             "limit": opts.limit,
             "cache": {"image_features": keys, "images_encoded": encoded},
             "timings": {"image_features_s": round(t1 - t0, 3), **outcome.timings, "few_shot_s": round(t3 - t2, 3),
-                        "total_s": round(t3 - t0, 3)},
+                        "total_s": round(t3 - t0, 3), **backend.take_fixed_costs()},
             "manifest": self.manifest(backend, test_data, ps),
         }
         if labels is not None:
@@ -676,9 +710,10 @@ class Runner:
             "source": data.source,
             "cache": {"image_features": feats.key, "images_encoded": feats.n_encoded, "text_features": text_keys,
                       "text_entries_encoded": text_encoded},
-            "encoder": {"compile": opts.compile, "compiled": feats.compiled, "compile_s": round(feats.compile_s, 3)},
+            "encoder": {"compile": opts.compile, "compiled": feats.compiled, "compile_s": round(feats.compile_s, 3),
+                        "tower": feats.tower},
             "timings": {"image_features_s": round(feats.seconds, 3), "text_features_s": round(t2 - t1, 3),
-                        "retrieval_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3)},
+                        "retrieval_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3), **backend.take_fixed_costs()},
             "manifest": self.manifest(backend, data, None),
         }
         result["manifest"]["dataset"]["texts_fingerprint"] = data.texts_fingerprint
@@ -818,10 +853,11 @@ def run(model_names: list[str], dataset_names: list[str], opts: RunOptions,
     _resolve_run_precision(opts)  # fail on a bad --protocol/--precision before any work
     runner = Runner(opts)
     results = []
+    # e.g. --task all: retrieval only on retrieval sets
+    runner.plan = [(spec, ref, task) for spec in models for ref in refs for task in tasks
+                   if TASK_KIND[task] == ref.spec.task]
     with distributed.process_group(opts.device):
-        for spec in models:
-            for ref in refs:
-                for task in tasks:
-                    if TASK_KIND[task] == ref.spec.task:  # e.g. --task all: retrieval only on retrieval sets
-                        results.append(TASKS[task](runner, spec, ref))
+        for step, (spec, ref, task) in enumerate(runner.plan):
+            runner.step = step
+            results.append(TASKS[task](runner, spec, ref))
     return [r for r in results if r is not None]  # empty on torchrun ranks other than 0

@@ -81,7 +81,8 @@ def with_data(work: Path, model_dir: Path, images: int, size: int, batch: int, d
     proc = subprocess.run(cmd, env=env(os.cpu_count() or 1), capture_output=True, text=True, check=False)
     if proc.returncode:
         raise SystemExit(f"bench run failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(next(out.rglob("zeroshot.json")).read_text())
+    result = json.loads(max((p for p in out.rglob("zeroshot*.json") if not p.name.endswith(".predictions.json")),
+                            key=lambda p: p.stat().st_mtime_ns).read_text())  # results are named by experiment
     seconds, enc = result["timings"]["image_features_s"], result["encoder"]
     # the first compiled call compiles and encodes one batch: the rest is the steady state
     steady = (images - batch) / (seconds - enc["compile_s"]) if enc["compiled"] and images > batch else None

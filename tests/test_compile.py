@@ -98,10 +98,119 @@ def test_compiled_run_equals_eager_run(tmp_path, bench_cli):
         key = results[mode][0]["cache"]["image_features"]
         features[mode] = FeatureCache(tmp_path / f"cache-{mode}").load_shard(key, 0)
     (eager, eager_preds), (compiled, compiled_preds) = results["off"], results["on"]
-    assert eager["encoder"] == {"compile": "off", "compiled": False, "compile_s": 0.0}
+    assert eager["encoder"] == {"compile": "off", "compiled": False, "compile_s": 0.0, "tower": ""}
     assert compiled["encoder"]["compiled"] is True and compiled["encoder"]["compile_s"] > 0
+    assert compiled["encoder"]["tower"] == "built"  # an AOTInductor package, now stored in the cache
     assert eager["cache"]["image_features"] == compiled["cache"]["image_features"]  # same entry, either way
     assert compiled_preds == eager_preds and compiled["metrics"] == eager["metrics"]
     # 12 images in batches of 5: the last batch (2) ran through the same graph, compiled for any batch size
     assert torch.equal(features["on"]["indices"], features["off"]["indices"])
     torch.testing.assert_close(features["on"]["features"], features["off"]["features"], rtol=1e-4, atol=1e-5)
+
+
+def _tiny_oc_run(bench_cli, tmp_path, yml, datasets, out, cache, compile_mode):
+    args = [a for d in datasets for a in ("--dataset", tmp_path / "data" / d)]
+    code, _, err = bench_cli("run", "--model", yml, *args, "--labels", "dataset", "--prompts", "simple-en",
+                             "--out", tmp_path / out, "--cache-dir", tmp_path / cache, "--workers", "0",
+                             "--batch-size", "5", "--compile", compile_mode)
+    assert code == 0, err
+    results = {d: json.loads(latest_result(tmp_path / out / "tiny-oc" / d, "zeroshot").read_text()) for d in datasets}
+    feats = {d: FeatureCache(tmp_path / cache).load_shard(r["cache"]["image_features"], 0) for d, r in results.items()}
+    return results, feats, err
+
+
+def test_the_compiled_tower_is_built_once_then_reused_in_memory_and_from_the_store(tmp_path, bench_cli, caplog):
+    """One AOTInductor build serves every dataset of the run (memory) and later runs (the store in the cache
+    dir), with features equal to eager ones; a corrupt stored package is rebuilt with a warning."""
+    model_dir = make_open_clip_dir(tmp_path / "oc")
+    for i, name in enumerate(("a", "b", "c", "d")):
+        make_image_dataset(tmp_path / "data" / name, labels_en=["cat", "dog", "car"], seed=i)
+    yml = write_model_yaml(tmp_path / "tiny.yaml", name="tiny-oc", backend="open_clip",
+                           model=f"local-dir:{model_dir}", language="en")
+    eager, eager_feats, _ = _tiny_oc_run(bench_cli, tmp_path, yml, ["a", "b", "c", "d"], "runs-eager", "cache-eager",
+                                         "off")
+    first, feats, _ = _tiny_oc_run(bench_cli, tmp_path, yml, ["a", "b"], "runs", "cache", "on")
+    assert [first[d]["encoder"]["tower"] for d in "ab"] == ["built", "memory"]
+    stored = list((tmp_path / "cache" / "compiled").glob("*.pt2"))
+    assert len(stored) == 1  # one package for the model, whatever the dataset
+    # a later process-like run (a new backend): `auto` takes the stored tower at once, though 12 images never
+    # repay a compile
+    later, later_feats, _ = _tiny_oc_run(bench_cli, tmp_path, yml, ["c"], "runs", "cache", "auto")
+    assert later["c"]["encoder"]["compiled"] is True and later["c"]["encoder"]["tower"] == "stored"
+    stored[0].write_bytes(b"not a zip")  # e.g. a half-copied cache
+    with caplog.at_level(logging.WARNING):
+        rebuilt, rebuilt_feats, _ = _tiny_oc_run(bench_cli, tmp_path, yml, ["d"], "runs", "cache", "on")
+    assert "could not be used (Failed to initialize zip archive" in caplog.text and "rebuilding it" in caplog.text
+    assert rebuilt["d"]["encoder"]["tower"] == "built" and stored[0].stat().st_size > 1000
+    results = {**first, **later, **rebuilt}
+    for d, got in {**feats, **later_feats, **rebuilt_feats}.items():
+        torch.testing.assert_close(got["features"], eager_feats[d]["features"], rtol=1e-4, atol=1e-5)
+        assert results[d]["metrics"] == eager[d]["metrics"]
+
+
+def test_the_tower_key_changes_with_what_changes_compiled_code(tmp_path, monkeypatch):
+    from bench import towers
+    from bench.backends import load_backend
+    from bench.models import resolve_model
+
+    model_dir = make_open_clip_dir(tmp_path / "oc")
+    yml = write_model_yaml(tmp_path / "tiny.yaml", name="tiny-oc", backend="open_clip",
+                           model=f"local-dir:{model_dir}", language="en")
+    backend = load_backend(resolve_model(str(yml)), device="cpu", cache_dir=tmp_path / "cache")
+    key = towers.tower_key(backend, (3, 32, 32), torch.float32)
+    assert key == towers.tower_key(backend, (3, 32, 32), torch.float32)
+    assert key != towers.tower_key(backend, (3, 64, 64), torch.float32)
+    monkeypatch.setattr(towers, "hardware", lambda: {"cpu_isa": "OTHER-ISA", "gpu_arch": None})
+    assert key != towers.tower_key(backend, (3, 32, 32), torch.float32)
+    monkeypatch.undo()
+    monkeypatch.setattr(torch, "__version__", "0.0.0-other")
+    assert key != towers.tower_key(backend, (3, 32, 32), torch.float32)
+
+
+def test_auto_counts_the_images_later_datasets_will_encode():
+    """One dataset too small to repay a compile still compiles when the rest of the run with that model
+    is large enough; with nothing later it stays eager."""
+    batches = [torch.ones(4, 3, 2, 2) for _ in range(2)]
+    for later, expect in ((0, [False, False]), (10**9, [False, True])):
+        backend = FakeBackend()
+        asked = []
+        enc = ImageEncoder(backend, "auto", total=8, worth_s=1e-3, later=lambda n=later, a=asked: a.append(n) or n)
+        [enc(b) for b in batches]
+        assert backend.calls == expect and asked == [later]
+
+
+def test_the_runner_counts_later_steps_of_the_run_for_auto(tmp_path, bench_cli, digits_root, cache_dir, monkeypatch):
+    """`--task all` on digits: while the zero-shot step encodes test, the probe's train split is still
+    ahead (its test split is the entry being encoded, counted once); the probe's train step has nothing after it."""
+    from bench import features
+
+    asked: list[int] = []
+
+    class Recording(features.ImageEncoder):
+        def __init__(self, *args, later=None, **kwargs):
+            super().__init__(*args, later=(lambda: asked.append(later()) or asked[-1]) if later else None, **kwargs)
+
+    monkeypatch.setattr(features, "ImageEncoder", Recording)
+    monkeypatch.setitem(features.COMPILE_WORTH_S, "cpu", 1e12)  # never worth it: `later` is always asked
+    code, _, err = bench_cli("run", "--model", "demo", "--dataset", "digits", "--data-root", digits_root,
+                             "--task", "all", "--cache-dir", cache_dir, "--out", tmp_path / "runs",
+                             "--workers", "0", "--compile", "auto")
+    assert code == 0, err
+    n_train = sum(1 for p in (digits_root / "digits" / "train").rglob("*") if p.is_file())
+    assert asked == [n_train, 0]
+
+
+def test_results_report_the_fixed_costs_their_step_paid(tmp_path, bench_cli, digits_root, cache_dir):
+    """The first step loads the model and hashes its weights; the next step of the run pays neither, and a
+    re-run whose identity is memoised hashes nothing."""
+    def go(out):
+        code, _, err = bench_cli("run", "--model", "demo", "--dataset", "digits", "--data-root", digits_root,
+                                 "--task", "all", "--cache-dir", cache_dir, "--out", tmp_path / out, "--workers", "0")
+        assert code == 0, err
+        folder = tmp_path / out / "demo" / "digits"
+        return [json.loads(latest_result(folder, task).read_text())["timings"] for task in ("zeroshot", "linear_probe")]
+
+    (zs, lp), (zs2, _) = go("cold"), go("warm")
+    assert zs["model_load_s"] > 0 and zs["weights_hash_s"] > 0
+    assert lp["model_load_s"] == lp["weights_hash_s"] == 0
+    assert zs2["weights_hash_s"] == zs2["model_load_s"] == 0  # memo + caches: a re-run neither loads nor hashes

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import re
 import sys
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +42,8 @@ def fingerprint_module(module: torch.nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():  # the tensor's own bytes, not a copy (the same digest as hashing tobytes())
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
     return h.hexdigest()
 
 
@@ -117,10 +119,21 @@ class Backend(ABC):
         self.spec = spec
         self.device = resolve_device(device)
         self.cache_dir = cache_dir
-        self._compiled: Callable | None = None
+        self._towers: dict[tuple, Callable] = {}  # compiled image towers by (image shape, dtype)
+        self.tower_source = ""  # how the last compiled tower was obtained: memory | stored | built | jit
         self._known_values: dict | None = None
         self._memo_entry: tuple[IdentityMemo | None, str] | None = None
         self._state = {"text": False, "model": False}
+        # fixed costs paid by this backend and not yet reported in a result (see take_fixed_costs)
+        self._fixed = {"model_load_s": 0.0, "weights_hash_s": 0.0}
+
+    def take_fixed_costs(self) -> dict[str, float]:
+        """Seconds spent loading the model (tokenizer included) and hashing its weights since the last call:
+        a result reports the fixed costs its own step paid (0 when an earlier dataset paid them, or a memo
+        or the caches made them unnecessary)."""
+        taken = {k: round(v, 3) for k, v in self._fixed.items()}
+        self._fixed = dict.fromkeys(self._fixed, 0.0)
+        return taken
 
     def __getattr__(self, name: str):
         # Called only for attributes not set yet: the tokenizer or the model loads on first use.
@@ -139,11 +152,13 @@ class Backend(ABC):
             if not any(self._state.values()):  # said when something loads, not when a cached run only names it
                 log.info("loading %s%s", self.spec.name, self.load_note)
             self._state[part] = True  # set first: a failed load raises, it is not retried per attribute
+            start = time.perf_counter()
             try:
                 (self._load_text if part == "text" else self._load_model)()
             except AttributeError as exc:
                 # raised out of __getattr__ it would read as "no such attribute" on the backend
                 raise RuntimeError(f"loading the {part} of {self.spec.name} failed: {exc}") from exc
+            self._fixed["model_load_s"] += time.perf_counter() - start
             taken = self._memo_entry[1] if self._memo_entry is not None else ""
             if taken and self._memo_key()[1] != taken:
                 # e.g. a hub download fetched a newer revision after the identity was taken from the old
@@ -220,7 +235,11 @@ class Backend(ABC):
             memo, key = self._memo()
             known = memo.load(key) if memo is not None else None
             if known is None or not {"weights", "preprocess", "context_length", "unknown"} <= known.keys():
-                known = {"weights": fingerprint_module(self.model), "preprocess": self.preprocess_id,
+                model = self.model  # loads it (timed as loading)
+                start = time.perf_counter()
+                weights = fingerprint_module(model)
+                self._fixed["weights_hash_s"] += time.perf_counter() - start
+                known = {"weights": weights, "preprocess": self.preprocess_id,
                          "context_length": int(self.context_length), "unknown": {}}
                 if memo is not None:
                     memo.save(key, known)
@@ -281,7 +300,7 @@ class Backend(ABC):
             # Only the batch size varies; a fully dynamic graph would also guard on "batch == image size"
             # (duck sizing) and compile again for a batch that differs.
             torch._dynamo.maybe_mark_dynamic(pixels, 0)
-        encode = self._compiled_image_tower() if compiled else self._encode_images
+        encode = self._compiled_image_tower(pixels) if compiled else self._encode_images
         with self.autocast(), self._compile_config(compiled):
             out = encode(pixels)
         return out.float()
@@ -298,10 +317,73 @@ class Backend(ABC):
 
         return inductor_config.patch(freezing=True)
 
-    def _compiled_image_tower(self) -> Callable:
-        if self._compiled is None:
-            self._compiled = torch.compile(self._encode_images)
-        return self._compiled
+    def autocast_id(self) -> str:
+        """The autocast this backend encodes under, as text (part of a compiled tower's key)."""
+        ac = self.autocast()
+        return f"{ac.device}:{ac._enabled}:{ac.fast_dtype}"
+
+    def _tower_path(self, pixels: torch.Tensor) -> Path | None:
+        from bench import towers
+
+        folder = towers.store_dir(self.cache_dir)
+        if folder is None:
+            return None
+        return folder / f"{towers.tower_key(self, tuple(pixels.shape[1:]), pixels.dtype)}.pt2"
+
+    def has_compiled_tower(self, pixels: torch.Tensor) -> bool:
+        """Whether a compiled tower for pixels like these is in memory or stored (no compiling needed)."""
+        if (tuple(pixels.shape[1:]), pixels.dtype) in self._towers:
+            return True
+        path = self._tower_path(pixels)
+        return path is not None and path.is_file()
+
+    def _compiled_image_tower(self, pixels: torch.Tensor) -> Callable:
+        """The compiled tower for pixels like these: from memory, else from the store (checked against
+        eager features on two images), else built as an AOTInductor package and stored. A stored
+        package that fails to load or disagrees is rebuilt with a warning. If AOTInductor cannot build
+        one, torch.compile compiles in memory (this process only)."""
+        import tempfile
+
+        from bench import towers
+
+        slot = (tuple(pixels.shape[1:]), pixels.dtype)
+        if slot in self._towers:
+            self.tower_source = "memory"
+            return self._towers[slot]
+        path = self._tower_path(pixels)
+        if path is not None and path.is_file():
+            try:
+                tower = towers.load_package(path, self.device)
+                probe = pixels[:2]
+                with self.autocast():
+                    ok = towers.agrees(tower(probe), self._encode_images(probe), self.device.type)
+                if not ok:
+                    raise ValueError("its features differ from eager ones")
+                self._towers[slot], self.tower_source = tower, "stored"
+                return tower
+            except Exception as exc:  # a truncated/corrupt zip, a foreign build, ...: any reason rebuilds
+                text = str(exc).strip()
+                log.warning("the stored compiled image tower %s of %s could not be used (%s); rebuilding it",
+                            path, self.spec.name, text.splitlines()[0] if text else type(exc).__name__)
+                path.unlink(missing_ok=True)
+        try:
+            if path is not None:
+                towers.build_package(self, pixels, path)
+                tower = towers.load_package(path, self.device)
+            else:  # no cache dir: build in a temporary folder, keep it in memory only
+                with tempfile.TemporaryDirectory() as tmp:
+                    built = Path(tmp) / "tower.pt2"
+                    towers.build_package(self, pixels, built)
+                    tower = towers.load_package(built, self.device)
+            self.tower_source = "built"
+        except Exception as exc:  # export cannot trace some models (data-dependent control flow, ...)
+            text = str(exc).strip()
+            log.warning("AOTInductor could not compile the image tower of %s (%s); compiling it in memory with "
+                        "torch.compile instead (not stored)", self.spec.name,
+                        text.splitlines()[0] if text else type(exc).__name__)
+            tower, self.tower_source = torch.compile(self._encode_images), "jit"
+        self._towers[slot] = tower
+        return tower
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
