@@ -10,8 +10,10 @@ pre-packed for oneDNN: most of the CPU speed-up), which AOTInductor packages alo
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,26 +31,43 @@ FORMAT = 1  # bump when what is packaged, or how, changes
 MAX_BATCH = 1 << 16  # the dynamic batch dimension's upper bound (export needs one)
 
 
-def hardware() -> dict:
-    """What compiled code is specific to besides torch: device kind and CPU ISA or GPU architecture."""
-    if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability()
+def cpu_features() -> str:
+    """The CPU's instruction-set flags, hashed. Inductor builds its C++ with -march=native, so a package can
+    use any instruction this CPU has: two "AVX512" CPUs (Skylake-X, Zen 4) must not share one, or the
+    second dies on an illegal instruction that no fallback can catch."""
+    import platform
+
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    flags = next((line.split(":", 1)[1] for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
+    return content_key({"machine": platform.machine(), "flags": sorted(set(flags.split())),
+                        "fallback": platform.processor() if not flags else ""})
+
+
+def hardware(device: torch.device | None = None) -> dict:
+    """What compiled code is specific to besides torch: the CPU's ISA and flags, the GPU's architecture."""
+    gpu = None
+    if device is not None and device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
         gpu = f"sm_{major}{minor}"
-    else:
-        gpu = None
-    return {"cpu_isa": torch.backends.cpu.get_cpu_capability(), "gpu_arch": gpu}
+    return {"cpu_isa": torch.backends.cpu.get_cpu_capability(), "cpu_features": cpu_features(), "gpu_arch": gpu}
 
 
 def tower_key(backend: Backend, shape: tuple[int, ...], dtype: torch.dtype) -> str:
     """The stored tower's key for `backend` fed [N, *shape] pixels of `dtype`."""
     from bench.backends.base import _version
 
-    hw = hardware()
+    hw = hardware(backend.device)
     return content_key({
         "kind": "compiled-image-tower", "format": FORMAT, "model": backend.identity(),
-        "code": backend._code_fingerprint(), "package": _version(backend.PACKAGE) if backend.PACKAGE else None,
-        "torch": torch.__version__, "device": backend.device.type, "cpu_isa": hw["cpu_isa"],
-        "gpu_arch": hw["gpu_arch"] if backend.device.type == "cuda" else None,
+        "code": backend._code_fingerprint(), "builder": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "package": _version(backend.PACKAGE) if backend.PACKAGE else None,
+        "torch": torch.__version__, "device": backend.device.type, **hw,
+        # CPU kernels bake the OpenMP thread count in (num_threads(N)): a package built on 1 thread (e.g.
+        # under torchrun) would run every later 2-core run on one
+        "threads": torch.get_num_threads() if backend.device.type == "cpu" else None,
         "shape": list(shape), "dtype": str(dtype), "autocast": backend.autocast_id()})
 
 
@@ -74,7 +93,8 @@ def build_package(backend: Backend, example: torch.Tensor, path: Path) -> None:
     import torch._inductor
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")  # aoti wants the .pt2 suffix
+    # unique across processes and hosts sharing the cache; aoti wants the .pt2 suffix
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp.pt2")
     configs = {"freezing": True} if backend.device.type == "cpu" else {}
     try:
         # export traces outside inference mode (inference tensors cannot be traced through)

@@ -160,7 +160,11 @@ def test_the_tower_key_changes_with_what_changes_compiled_code(tmp_path, monkeyp
     key = towers.tower_key(backend, (3, 32, 32), torch.float32)
     assert key == towers.tower_key(backend, (3, 32, 32), torch.float32)
     assert key != towers.tower_key(backend, (3, 64, 64), torch.float32)
-    monkeypatch.setattr(towers, "hardware", lambda: {"cpu_isa": "OTHER-ISA", "gpu_arch": None})
+    # the same ISA level, other instructions (Skylake-X vs Zen 4: both "AVX512"): -march=native differs
+    monkeypatch.setattr(towers, "cpu_features", lambda: "other-flags")
+    assert key != towers.tower_key(backend, (3, 32, 32), torch.float32)
+    monkeypatch.undo()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 97)  # OpenMP thread count baked into CPU kernels
     assert key != towers.tower_key(backend, (3, 32, 32), torch.float32)
     monkeypatch.undo()
     monkeypatch.setattr(torch, "__version__", "0.0.0-other")
@@ -214,3 +218,25 @@ def test_results_report_the_fixed_costs_their_step_paid(tmp_path, bench_cli, dig
     assert zs["model_load_s"] > 0 and zs["weights_hash_s"] > 0
     assert lp["model_load_s"] == lp["weights_hash_s"] == 0
     assert zs2["weights_hash_s"] == zs2["model_load_s"] == 0  # memo + caches: a re-run neither loads nor hashes
+
+
+def test_a_cache_that_cannot_store_the_tower_still_compiles(tmp_path, bench_cli, caplog, monkeypatch):
+    """A read-only or full cache folder: the tower is built in a temporary folder and kept in memory."""
+    from bench import towers
+
+    real = towers.build_package
+
+    def read_only_store(backend, example, path):
+        if path.parent.name == "compiled":
+            raise OSError(30, "Read-only file system")
+        return real(backend, example, path)
+
+    monkeypatch.setattr(towers, "build_package", read_only_store)
+    model_dir = make_open_clip_dir(tmp_path / "oc")
+    make_image_dataset(tmp_path / "data" / "a", labels_en=["cat", "dog", "car"])
+    yml = write_model_yaml(tmp_path / "tiny.yaml", name="tiny-oc", backend="open_clip",
+                           model=f"local-dir:{model_dir}", language="en")
+    with caplog.at_level(logging.WARNING):
+        results, _, _ = _tiny_oc_run(bench_cli, tmp_path, yml, ["a"], "runs", "cache", "on")
+    assert results["a"]["encoder"]["tower"] == "built" and "cannot store the compiled image tower" in caplog.text
+    assert not list((tmp_path / "cache").rglob("*.pt2"))

@@ -365,12 +365,22 @@ class Backend(ABC):
                 text = str(exc).strip()
                 log.warning("the stored compiled image tower %s of %s could not be used (%s); rebuilding it",
                             path, self.spec.name, text.splitlines()[0] if text else type(exc).__name__)
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a read-only cache: build in a temporary folder below
+                    path.unlink(missing_ok=True)
+                if path.exists():
+                    path = None
         try:
+            stored = False
             if path is not None:
-                towers.build_package(self, pixels, path)
+                try:
+                    towers.build_package(self, pixels, path)
+                    stored = True
+                except OSError as exc:  # a read-only or full cache: still compile, just do not store
+                    log.warning("cannot store the compiled image tower of %s in %s (%s); keeping it in memory",
+                                self.spec.name, path.parent, exc)
+            if stored:
                 tower = towers.load_package(path, self.device)
-            else:  # no cache dir: build in a temporary folder, keep it in memory only
+            else:  # no (writable) cache dir: build in a temporary folder, keep it in memory only
                 with tempfile.TemporaryDirectory() as tmp:
                     built = Path(tmp) / "tower.pt2"
                     towers.build_package(self, pixels, built)
