@@ -17,7 +17,7 @@ from bench import distributed
 from bench.backends.base import Backend
 from bench.cache import FeatureCache, TextCache, content_key
 from bench.datasets.base import SplitData, collate
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
 from bench.preprocess import split_for_workers
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,7 @@ class ImageEncoder:
         try:
             out = self.backend.encode_images(pixels, compiled=True)
         except Exception as exc:  # inductor/dynamo raise many types (no C compiler, unsupported op, ...)
-            text = str(exc).strip()
-            reason = text.splitlines()[0] if text else type(exc).__name__
+            reason = first_line(exc)
             if self.policy == "on":
                 raise BenchError(f"--compile on: torch.compile failed for {self.backend.spec.name}: {reason}; "
                                  "run with --compile off (or auto)") from None

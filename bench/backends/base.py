@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from bench.cache import IdentityMemo, content_key, file_signature
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
 from bench.models import ModelSpec
 
 log = logging.getLogger("bench.runner")  # the runner's logger: `-q` and the CLI's format apply as before
@@ -362,9 +362,8 @@ class Backend(ABC):
                 self._towers[slot], self.tower_source = tower, "stored"
                 return tower
             except Exception as exc:  # a truncated/corrupt zip, a foreign build, ...: any reason rebuilds
-                text = str(exc).strip()
                 log.warning("the stored compiled image tower %s of %s could not be used (%s); rebuilding it",
-                            path, self.spec.name, text.splitlines()[0] if text else type(exc).__name__)
+                            path, self.spec.name, first_line(exc))
                 with contextlib.suppress(OSError):  # a read-only cache: build in a temporary folder below
                     path.unlink(missing_ok=True)
                 if path.exists():
@@ -387,10 +386,8 @@ class Backend(ABC):
                     tower = towers.load_package(built, self.device)
             self.tower_source = "built"
         except Exception as exc:  # export cannot trace some models (data-dependent control flow, ...)
-            text = str(exc).strip()
             log.warning("AOTInductor could not compile the image tower of %s (%s); compiling it in memory with "
-                        "torch.compile instead (not stored)", self.spec.name,
-                        text.splitlines()[0] if text else type(exc).__name__)
+                        "torch.compile instead (not stored)", self.spec.name, first_line(exc))
             tower, self.tower_source = torch.compile(self._encode_images), "jit"
         self._towers[slot] = tower
         return tower
