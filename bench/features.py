@@ -199,7 +199,8 @@ def image_features(backend: Backend, data: SplitData, cache: FeatureCache, **kwa
 
 def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, batch_size: int = 64,
                     workers: int | None = None, skip_bad_images: bool = False, progress: bool = True,
-                    compile: str = "auto", later: Callable[[], int] | None = None) -> ImageFeatures:
+                    compile: str = "auto", later: Callable[[str], int] | None = None) -> ImageFeatures:
+    # `later(key)`: the images the rest of the run will encode with this backend, besides entry `key`
     start = time.perf_counter()
     key = feature_key(backend, data)
     n, size = len(data), cache.shard_size
@@ -226,7 +227,7 @@ def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, b
             data.images(per_image, todo), batch_size=batch_size,
             num_workers=workers, collate_fn=collate, pin_memory=backend.device.type == "cuda",
             persistent_workers=False, prefetch_factor=4 if workers else None)
-        encoder = ImageEncoder(backend, compile, len(todo), later=later)
+        encoder = ImageEncoder(backend, compile, len(todo), later=(lambda: later(key)) if later else None)
         desc = f"{backend.spec.name} · {data.spec.name}/{data.split}"
         tuner = ThreadTuner(workers, backend.device.type)
         with tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False) as bar, tuner:

@@ -408,7 +408,7 @@ class Runner:
         o = self.opts
         return image_features(backend, data, self.features, batch_size=o.batch_size, workers=o.workers,
                               skip_bad_images=o.skip_bad_images, progress=o.progress, compile=o.compile,
-                              later=lambda: self.images_later(backend, feature_key(backend, data)))
+                              later=lambda current: self.images_later(backend, current))
 
     def images_later(self, backend: Backend, current: str = "") -> int:
         """Images that the steps of the plan after the current one will encode with `backend` (same model
@@ -435,8 +435,13 @@ class Runner:
         o = self.opts
         if task == "retrieval":
             return [load_retrieval(ref, o.split, o.limit)]
-        splits = [o.split] if task == "zeroshot" else [o.split, "train", *(["val"] if (ref.folder / "val").is_dir() else [])]
-        return [load_data(ref, split, o.limit) for split in splits]
+        return [load_data(ref, o.split, o.limit)] if task == "zeroshot" else list(self.probe_data(ref).values())
+
+    def probe_data(self, ref: DatasetRef) -> dict[str, SplitData]:
+        """The splits the linear probe encodes: train, the scored split, and val when the folder has one."""
+        o = self.opts
+        names = ["train", o.split, *(["val"] if (ref.folder / "val").is_dir() else [])]
+        return {name: load_data(ref, name, o.limit) for name in names}
 
     def class_texts(self, ps: PromptSet, dataset: str, labels: Labels) -> tuple[ClassTexts, dict]:
         """Every class's prompts (templates × label and per-class fields, CuPL lists, ELEVATER knowledge)
@@ -549,16 +554,15 @@ class Runner:
         if opts.split in ("train", "val"):
             raise BenchError(f"--split {opts.split}: the linear probe trains and selects on train/val; "
                              "score it on a held-out split such as test")
-        test_data = load_data(ref, opts.split, opts.limit)
-        train_data = load_data(ref, "train", opts.limit)
-        has_val = (folder / "val").is_dir()
+        splits = self.probe_data(ref)
+        test_data, train_data, has_val = splits[opts.split], splits["train"], "val" in splits
         backend = self.backend(spec, ref.spec.name)
         train_all, f_train = self.probe_split(backend, train_data)
         test, f_test = self.probe_split(backend, test_data)
         encoded = {"train": f_train.n_encoded, opts.split: f_test.n_encoded}
         keys = {"train": f_train.key, opts.split: f_test.key}
         if has_val:
-            val, f_val = self.probe_split(backend, load_data(ref, "val", opts.limit))
+            val, f_val = self.probe_split(backend, splits["val"])
             train = train_all
             encoded["val"], keys["val"] = f_val.n_encoded, f_val.key
             val_source = "val split"
