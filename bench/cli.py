@@ -32,14 +32,14 @@ EXTENSIONS: tuple[str, ...] = (
     "bench.export",
 )
 
-RUN_EPILOG = """examples:
-  bench run --model demo --dataset digits
-  bench run --model vit-h14 --dataset all --data-root ~/elevater
-  bench run --model openai/vit-l14 --dataset cifar-10 --prompts simple-en --save-predictions
-  bench run --model my-model.yaml --dataset ./data/kitti-distance --labels other-not-negation
-  bench run --model demo --dataset digits-retrieval --task retrieval
-  bench run --model vit-h14 --dataset muge --dataset flickr30k-cn --task retrieval --data-root ~/cn-clip-data
-"""
+RUN_EXAMPLES = (
+    "bench run --model demo --dataset digits",
+    "bench run --model vit-h14 --dataset all --data-root ~/elevater",
+    "bench run --model openai/vit-l14 --dataset cifar-10 --prompts simple-en --save-predictions",
+    "bench run --model my-model.yaml --dataset ./data/kitti-distance --labels other-not-negation",
+    "bench run --model demo --dataset digits-retrieval --task retrieval",
+    "bench run --model vit-h14 --dataset muge --dataset flickr30k-cn --task retrieval --data-root ~/cn-clip-data",
+)
 
 
 def _add_common_data(p: argparse.ArgumentParser) -> None:
@@ -63,8 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="evaluate models on datasets", epilog=RUN_EPILOG,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = sub.add_parser("run", help="evaluate models on datasets", **examples(*RUN_EXAMPLES))
     run.add_argument("--model", action="append", required=True,
                      help="registry name, alias (vit-h14) or model YAML path; repeatable (names may also be space-separated)")
     run.add_argument("--dataset", action="append", required=True,

@@ -20,16 +20,16 @@ from bench.paths import default_data_root
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
-PREPARE_EPILOG = """examples:
-  bench datasets prepare digits                        # generated offline from scikit-learn
-  bench datasets prepare cifar-10                      # clip-benchmark/wds_vtab-cifar10 into the HF cache
-  bench datasets prepare cifar-10 --copy datacomp      # DataComp's djghosh/wds_cifar10_test (--protocol datacomp)
-"""
+PREPARE_EXAMPLES = (
+    "bench datasets prepare digits                        # generated offline from scikit-learn",
+    "bench datasets prepare cifar-10                      # clip-benchmark/wds_vtab-cifar10 into the HF cache",
+    "bench datasets prepare cifar-10 --copy datacomp      # DataComp's djghosh/wds_cifar10_test (--protocol datacomp)",
+)
 
-VERIFY_EPILOG = """examples:
-  bench datasets verify kitti-distance --data-root ~/elevater
-  bench datasets verify ./data/my-set --json
-"""
+VERIFY_EXAMPLES = (
+    "bench datasets verify kitti-distance --data-root ~/elevater",
+    "bench datasets verify ./data/my-set --json",
+)
 
 
 def register_cli(sub) -> None:
@@ -42,7 +42,7 @@ def register_cli(sub) -> None:
     _data_root(dl)
     dl.set_defaults(func=cmd_list)
     dp = dsub.add_parser("prepare", help="generate (digits) or download (clip-benchmark or DataComp wds) a dataset",
-                         epilog=PREPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         **examples(*PREPARE_EXAMPLES))
     dp.add_argument("name")
     dp.add_argument("--split", action="append", default=None, help="splits to fetch (default: test); repeatable")
     dp.add_argument("--copy", choices=tuple(wds.COPIES), default="wds",
@@ -51,7 +51,7 @@ def register_cli(sub) -> None:
     _data_root(dp)
     dp.set_defaults(func=cmd_prepare)
     dv = dsub.add_parser("verify", help="count samples per class and split, find unreadable images",
-                         epilog=VERIFY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         **examples(*VERIFY_EXAMPLES))
     dv.add_argument("name", help="registry name or dataset folder path")
     dv.add_argument("--split", action="append", default=None, help="splits to check (default: all present)")
     dv.add_argument("--workers", type=int, default=0, help="image decoding processes")
