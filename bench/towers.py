@@ -2,14 +2,16 @@
 on disk (AOTInductor packages under <cache-dir>/compiled/) across runs.
 
 A package is keyed by everything that changes the compiled code or its constants: the model's identity
-(weights hash, transform, precision), the code that builds it, the torch version, the device kind, the
-CPU's vector ISA or the GPU's architecture, and the input's image shape and dtype. Only the batch
-dimension is dynamic. On CPU the package is built with inductor's freezing (weights as constants
-pre-packed for oneDNN: most of the CPU speed-up), which AOTInductor packages along with the code.
+(weights hash, transform, precision), bench's code that builds it (this module included), the library and
+torch versions, the device kind, the CPU's vector ISA and instruction flags, the OpenMP thread count, the
+GPU's architecture, and the input's image shape and dtype. Only the batch dimension is dynamic. On CPU
+the package is built with inductor's freezing (weights as constants pre-packed for oneDNN: most of the
+CPU speed-up), which AOTInductor packages along with the code.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -25,12 +27,10 @@ from bench.cache import content_key
 if TYPE_CHECKING:
     from bench.backends.base import Backend
 
-log = logging.getLogger(__name__)
-
-FORMAT = 1  # bump when what is packaged, or how, changes
 MAX_BATCH = 1 << 16  # the dynamic batch dimension's upper bound (export needs one)
 
 
+@functools.cache  # the CPU does not change under a running process
 def cpu_features() -> str:
     """The CPU's instruction-set flags, hashed. Inductor builds its C++ with -march=native, so a package can
     use any instruction this CPU has: two "AVX512" CPUs (Skylake-X, Zen 4) must not share one, or the
@@ -61,7 +61,7 @@ def tower_key(backend: Backend, shape: tuple[int, ...], dtype: torch.dtype) -> s
 
     hw = hardware(backend.device)
     return content_key({
-        "kind": "compiled-image-tower", "format": FORMAT, "model": backend.identity(),
+        "kind": "compiled-image-tower", "model": backend.identity(),
         "code": backend._code_fingerprint(), "builder": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
         "package": _version(backend.PACKAGE) if backend.PACKAGE else None,
         "torch": torch.__version__, "device": backend.device.type, **hw,
