@@ -193,25 +193,22 @@ def compile_once(work: Path, n: int, batch: int, workers: int, threads: int) -> 
     knobs = {"batch": batch, "workers": workers, "threads": threads, "prompts": "simple-en"}
 
     def ours(i: int, *extra: str) -> dict:
-        sub = out / f"run-{i}"
-        wall, result = None, None
-        start = time.perf_counter()
-        result, _ = bench_run(str(yaml), data[i], cache, sub, **knobs, extra=extra)
-        wall = time.perf_counter() - start
+        result, wall = bench_run(str(yaml), data[i], cache, out / f"run-{i}", **knobs, extra=extra)
         return {"whole_s": wall, "image_features_s": result["timings"]["image_features_s"],
                 "total_s": result["timings"]["total_s"], "encoder": result["encoder"]}
 
-    theirs_runs = []
-    for _ in range(2):  # before and after ours: the mean evens out drift on a shared machine
+    def theirs() -> dict:
         wall, stdout = whole(theirs_cmd, threads)
-        theirs_runs.append({"whole_s": wall, **json.loads(stdout.strip().splitlines()[-1])})
-        if not theirs_runs[1:]:
-            first = ours(0)  # A
-            alone = json.loads(whole([sys.executable, str(ROOT / "scripts" / "model_alone.py"), "--model", str(yaml),
-                                      "--split-dir", str(data[0] / "test"), "--batch-size", str(batch)],
-                                     threads)[1].strip().splitlines()[-1])
-            build = ours(1, "--compile", "on")  # B
-            reuse = ours(2)  # C
+        return {"whole_s": wall, **json.loads(stdout.strip().splitlines()[-1])}
+
+    theirs_runs = [theirs()]  # one before and one after ours: the mean evens out drift on a shared machine
+    first = ours(0)  # A
+    alone = json.loads(whole([sys.executable, str(ROOT / "scripts" / "model_alone.py"), "--model", str(yaml),
+                              "--split-dir", str(data[0] / "test"), "--batch-size", str(batch)],
+                             threads)[1].strip().splitlines()[-1])
+    build = ours(1, "--compile", "on")  # B
+    reuse = ours(2)  # C
+    theirs_runs.append(theirs())
     theirs_whole = sum(r["whole_s"] for r in theirs_runs) / 2
     theirs_images = sum(r["seconds"] for r in theirs_runs) / 2
     return {
@@ -324,13 +321,13 @@ def main() -> int:
         theirs = c["clip_benchmark"]["whole_s"]
         lines.append(f"2b. whole command vs CLIP_benchmark ({theirs:.1f} s), {c['model']}, {c['images']} imgs, "
                      f"workers {c['workers']}")
-        for label, key, goal in (("first run of the model (--compile auto)", "first_run", "≥ 1.2×"),
-                                 ("--compile on: builds + stores the tower", "build_run", ""),
-                                 ("next dataset, stored tower (auto)", "reuse_run", "≥ 1.5×")):
-            r = c[key]
+        for label, key, speedup, goal in (
+                ("first run of the model (--compile auto)", "first_run", "speedup_first_run", "≥ 1.2×"),
+                ("--compile on: builds + stores the tower", "build_run", "speedup_build_run", ""),
+                ("next dataset, stored tower (auto)", "reuse_run", "speedup_reused_tower", "≥ 1.5×")):
+            r, ratio = c[key], c[speedup]
             enc = r["encoder"]
             how = f"tower {enc['tower']}, {enc['compile_s']:.0f} s" if enc["compiled"] else "eager"
-            ratio = c[f"speedup_{'first_run' if key == 'first_run' else 'build_run' if key == 'build_run' else 'reused_tower'}"]
             lines.append(f"    {label:42} {r['whole_s']:6.1f} s  {ratio:5.2f}×  {('goal ' + goal) if goal else '':10} "
                          f"({how}; images {r['image_features_s']:.1f} s)")
         if c["eager_loop_vs_model_alone"] is not None:
