@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import __version__, distributed, per_image, probe, protocols, stats
+from bench import __version__, distributed, kernels, per_image, probe, protocols, stats
 from bench.backends import load_backend
 from bench.backends.base import Backend, resolve_device
 from bench.cache import FeatureCache, TextCache, atomic_write_bytes, atomic_write_json, check_writable, content_key
@@ -68,6 +68,7 @@ class RunOptions:
     protocol: str = "bench"  # registered protocol (bench/registry/protocols/); see bench.protocols
     precision: str = "auto"  # auto (the protocol's, else fp32 on CPU / bf16|fp16 autocast on GPU) | fp32 | bf16 | fp16
     compile: str = "auto"  # torch.compile the image tower: auto (when it pays off) | on | off
+    cpu_gemm: str = "onednn"  # eager CPU linear kernels: onednn | aten (bench.kernels)
     bootstrap: int = 1000  # bootstrap resamples for the zero-shot metrics' 95% CIs (bench.stats); 0: none
     # ELEVATER knowledge (bench.knowledge): a clone of their knowledge folder, the fields used, GPT-3 texts per
     # class and how they combine with the external field; None: no knowledge
@@ -94,6 +95,13 @@ def bootstrap_record(metric: str, n_boot: int) -> dict:
     return {"resamples": n_boot, "primary_resamples": stats.ranking_resamples(n_boot) if ranking else n_boot,
             "seed": BOOTSTRAP_SEED, "level": 0.95, "interval": "percentile",
             "resampling": "test images with replacement; stratified by class for binary and multi-label sets"}
+
+
+def encoder_record(opts: RunOptions, feats: ImageFeatures, backend: Backend) -> dict:
+    """How a result's image features were computed: the compile policy and what it did, and the eager
+    linear kernels (`cpu_gemm`: onednn | aten on CPU, null on GPU; used for the text tower too)."""
+    return {"compile": opts.compile, "compiled": feats.compiled, "compile_s": round(feats.compile_s, 3),
+            "tower": feats.tower, "cpu_gemm": backend.gemm}
 
 
 def prepare_command(spec: DatasetSpec, copy: str = "") -> str:
@@ -346,6 +354,7 @@ class Runner:
         # Results record the resolved precision; the experiment's identity keeps `auto` when the request
         # resolves to what auto gives, so `--precision fp32` on CPU is not a new file.
         self.protocol = protocols.load_protocol(opts.protocol)
+        kernels.resolve(opts.cpu_gemm, torch.device("meta"))  # a bad name fails before any work
         self._precision = _resolve_run_precision(opts)
         self.precision = self._precision.resolved
         self.opts = opts = replace(opts, precision=self._precision.identity)
@@ -372,6 +381,7 @@ class Runner:
             # re-run never loads them
             backend = load_backend(spec, device=self.opts.device, cache_dir=self.opts.cache_dir)
             backend.precision = self._precision.backend
+            backend.cpu_gemm = self.opts.cpu_gemm
             backend.load_note = "" if kind == "model" else f" (image transform: {kind})"
             self._backends[key] = backend
         return self._backends[key]
@@ -528,8 +538,7 @@ class Runner:
             "limit": opts.limit,
             "source": data.source,
             "cache": {"image_features": feats.key, "images_encoded": feats.n_encoded},
-            "encoder": {"compile": opts.compile, "compiled": feats.compiled, "compile_s": round(feats.compile_s, 3),
-                        "tower": feats.tower},
+            "encoder": encoder_record(opts, feats, backend),
             "timings": {"image_features_s": round(feats.seconds, 3), "classify_s": round(t2 - t1, 3),
                         "total_s": round(t2 - t0, 3), **backend.take_fixed_costs()},
             "manifest": self.manifest(backend, data, ps),
@@ -714,8 +723,7 @@ class Runner:
             "source": data.source,
             "cache": {"image_features": feats.key, "images_encoded": feats.n_encoded, "text_features": text_keys,
                       "text_entries_encoded": text_encoded},
-            "encoder": {"compile": opts.compile, "compiled": feats.compiled, "compile_s": round(feats.compile_s, 3),
-                        "tower": feats.tower},
+            "encoder": encoder_record(opts, feats, backend),
             "timings": {"image_features_s": round(feats.seconds, 3), "text_features_s": round(t2 - t1, 3),
                         "retrieval_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3), **backend.take_fixed_costs()},
             "manifest": self.manifest(backend, data, None),

@@ -23,8 +23,10 @@ def main() -> None:
     p.add_argument("--model", required=True, help="a model YAML or registry name")
     p.add_argument("--split-dir", type=Path, required=True)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--cpu-gemm", choices=["onednn", "aten"], default="onednn")
     a = p.parse_args()
     backend = load_backend(resolve_model(a.model), device="cpu")
+    backend.cpu_gemm = a.cpu_gemm
     files = sorted(f for f in a.split_dir.rglob("*") if f.is_file())
     with Image.open(files[0]) as im:
         backend.encode_images(backend.preprocess(im.convert("RGB"))[None])  # warm-up (allocator, oneDNN)
@@ -33,7 +35,8 @@ def main() -> None:
     for batch in pixels.split(a.batch_size):
         backend.encode_images(batch)
     seconds = time.perf_counter() - start
-    print(json.dumps({"images": len(files), "seconds": seconds, "threads": torch.get_num_threads()}))
+    print(json.dumps({"images": len(files), "seconds": seconds, "threads": torch.get_num_threads(),
+                      "cpu_gemm": backend.gemm}))
 
 
 if __name__ == "__main__":

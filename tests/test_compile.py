@@ -23,8 +23,9 @@ from bench.features import COMPILE_WORTH_S, ImageEncoder, should_compile  # noqa
 class FakeBackend:
     """Records how each batch was encoded; its 'compiled' path can be made to fail like a compiler."""
 
-    def __init__(self, fail: bool = False):
+    def __init__(self, fail: bool = False, gemm: str = "aten"):
         self.device = torch.device("cpu")
+        self.gemm = gemm
         self.spec = SimpleNamespace(name="fake")
         self.calls: list[bool] = []
         self.fail = fail
@@ -64,6 +65,19 @@ def test_auto_times_the_first_batch_then_compiles_when_it_pays():
     assert on.calls == [True, True, True] and enc.compile_s > 0
 
 
+def test_auto_weighs_compiling_against_the_eager_kernels_in_use(monkeypatch):
+    """oneDNN's eager linears leave a compiled tower less to gain, so auto wants more work left for them."""
+    assert COMPILE_WORTH_S["cpu"] < COMPILE_WORTH_S["cpu-onednn"] < COMPILE_WORTH_S["cuda"]
+    monkeypatch.setitem(COMPILE_WORTH_S, "cpu", 0.0)
+    monkeypatch.setitem(COMPILE_WORTH_S, "cpu-onednn", 1e12)
+    batches = [torch.ones(4, 3, 2, 2) for _ in range(3)]
+    for gemm, calls in (("aten", [False, True, True]), ("onednn", [False, False, False])):
+        backend = FakeBackend(gemm=gemm)
+        enc = ImageEncoder(backend, "auto", total=12)
+        [enc(b) for b in batches]
+        assert backend.calls == calls, gemm
+
+
 def test_a_compiler_failure_falls_back_under_auto_and_is_an_error_under_on(caplog):
     batches = [torch.ones(4, 3, 2, 2) for _ in range(3)]
     backend = FakeBackend(fail=True)
@@ -98,7 +112,7 @@ def test_compiled_run_equals_eager_run(tmp_path, bench_cli):
         key = results[mode][0]["cache"]["image_features"]
         features[mode] = FeatureCache(tmp_path / f"cache-{mode}").load_shard(key, 0)
     (eager, eager_preds), (compiled, compiled_preds) = results["off"], results["on"]
-    assert eager["encoder"] == {"compile": "off", "compiled": False, "compile_s": 0.0, "tower": ""}
+    assert eager["encoder"] == {"compile": "off", "compiled": False, "compile_s": 0.0, "tower": "", "cpu_gemm": "onednn"}
     assert compiled["encoder"]["compiled"] is True and compiled["encoder"]["compile_s"] > 0
     assert compiled["encoder"]["tower"] == "built"  # an AOTInductor package, now stored in the cache
     assert eager["cache"]["image_features"] == compiled["cache"]["image_features"]  # same entry, either way

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from bench import kernels
 from bench.cache import IdentityMemo, content_key, file_signature
 from bench.errors import BenchError, first_line
 from bench.models import ModelSpec
@@ -113,6 +114,8 @@ class Backend(ABC):
     # runner sets it. Not "auto", it is part of the identity, so features and text embeddings computed at
     # another precision are cached apart.
     precision: str = "auto"
+    # eager CPU linears: onednn | aten (bench.kernels); the runner sets it from --cpu-gemm
+    cpu_gemm: str = "onednn"
     load_note: str = ""  # appended to the "loading <model>" line (the runner: an image transform not the model's)
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", cache_dir: Path | None = None):
@@ -301,9 +304,14 @@ class Backend(ABC):
             # (duck sizing) and compile again for a batch that differs.
             torch._dynamo.maybe_mark_dynamic(pixels, 0)
         encode = self._compiled_image_tower(pixels) if compiled else self._encode_images
-        with self.autocast(), self._compile_config(compiled):
+        with self.autocast(), self._compile_config(compiled), kernels.using(None if compiled else self.gemm):
             out = encode(pixels)
         return out.float()
+
+    @property
+    def gemm(self) -> str | None:
+        """The linear kernels eager encoding runs on: onednn | aten on CPU, None on GPU (bench.kernels)."""
+        return kernels.resolve(self.cpu_gemm, self.device)
 
     def _compile_config(self, compiled: bool):
         """Inductor settings for compiled calls, scoped to them (compiling happens lazily inside a call).
@@ -395,7 +403,7 @@ class Backend(ABC):
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Texts → [M, D] float32 features (not normalised)."""
-        with self.autocast():
+        with self.autocast(), kernels.using(self.gemm):
             out = self._encode_texts(list(texts))
         return out.float()
 
