@@ -30,8 +30,9 @@ def add_encoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: cores - 1)")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                   help="torch.compile the image tower: auto = when the encoding left would take over a minute "
-                        "on CPU (5 on GPU) eagerly; compiling costs tens of seconds once per model and run")
+                   help="torch.compile the image tower: auto = when the encoding left would take over two minutes "
+                        "on CPU (one with --cpu-gemm aten, 5 on GPU) eagerly; building costs tens of seconds once "
+                        "per model, and the tower is stored for later runs")
     p.add_argument("--cpu-gemm", choices=["onednn", "aten"], default="onednn",
                    help="eager CPU linear layers: onednn (default; ~1.7x faster than aten's MKL sgemm on AMD "
                         "CPUs, same fp32 results to rounding) or aten (PyTorch's own, as other tools run)")
