@@ -28,6 +28,11 @@ class Dist:
         """Shard s is encoded by rank s % world: disjoint, and balanced to within one shard."""
         return shard % self.world == self.rank
 
+    def share(self, n: int, shard_size: int) -> int:
+        """How many of an entry's n images (in shards of shard_size) this rank encodes."""
+        return sum(min(n, (s + 1) * shard_size) - s * shard_size
+                   for s in range(-(-n // shard_size)) if self.owns(s))
+
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()

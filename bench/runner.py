@@ -424,9 +424,9 @@ class Runner:
         """Images that the steps of the plan after the current one will encode with `backend` (same model
         and transform), each feature entry once: entries complete in the cache, and `current` (the one being
         encoded), count nothing. An estimate for `--compile auto`: a dataset that cannot be read here counts
-        nothing (its own step will say why)."""
+        nothing (its own step will say why). Under torchrun, the images of this rank's shards."""
         key = next((k for k, b in self._backends.items() if b is backend), None)
-        seen, total = {current}, 0
+        seen, total, dist = {current}, 0, distributed.current()
         for spec, ref, task in self.plan[self.step + 1:]:
             if key != (spec.name, protocols.image_transform_for(self.protocol, ref.spec.name)):
                 continue
@@ -435,7 +435,7 @@ class Runner:
                     entry = feature_key(backend, data)
                     if entry not in seen and not self.features.is_complete(entry):
                         seen.add(entry)
-                        total += len(data)
+                        total += dist.share(len(data), self.features.shard_size)
             except Exception as exc:  # noqa: BLE001 - counting must never fail the run
                 log.debug("not counting %s for --compile auto: %s", ref.spec.name, exc)
         return total

@@ -218,6 +218,27 @@ def test_the_runner_counts_later_steps_of_the_run_for_auto(tmp_path, bench_cli, 
     assert asked == [n_train, 0]
 
 
+def test_under_torchrun_auto_counts_only_this_rank_s_share_of_later_images(digits_root, cache_dir, monkeypatch):
+    """Each rank encodes the shards s with s % world == rank, so the images ahead of it are its share, not
+    the whole split (which overestimated by the world size)."""
+    from bench import distributed
+    from bench.models import resolve_model
+    from bench.runner import Runner, RunOptions, resolve_datasets
+
+    assert distributed.Dist(0, 2).share(10, 4) == 6 and distributed.Dist(1, 2).share(10, 4) == 4
+    assert distributed.Dist(0, 1).share(10, 4) == 10 and distributed.Dist(2, 3).share(10, 4) == 2
+    runner = Runner(RunOptions(out=cache_dir / "unused", cache_dir=cache_dir, data_root=digits_root,
+                               shard_size=100))
+    backend = runner.backend(resolve_model("demo"))
+    (ref,), _ = resolve_datasets(["digits"], digits_root)
+    runner.plan = [(backend.spec, ref, "zeroshot"), (backend.spec, ref, "linear_probe")]  # at step 0
+    sizes = [len(d) for d in runner.probe_data(ref).values()]  # what the probe step encodes
+    assert runner.images_later(backend) == sum(sizes) > 200
+    monkeypatch.setattr(distributed, "current", lambda: distributed.Dist(1, 2))
+    share = runner.images_later(backend)
+    assert share == sum(distributed.Dist(1, 2).share(n, 100) for n in sizes) < sum(sizes) / 2 + 100
+
+
 def test_results_report_the_fixed_costs_their_step_paid(tmp_path, bench_cli, digits_root, cache_dir):
     """The first step loads the model and hashes its weights; the next step of the run pays neither, and a
     re-run whose identity is memoised hashes nothing."""
