@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import kernels  # noqa: E402
 from bench.backends import load_backend  # noqa: E402
 from bench.models import resolve_model  # noqa: E402
 
@@ -23,7 +24,7 @@ def main() -> None:
     p.add_argument("--model", required=True, help="a model YAML or registry name")
     p.add_argument("--split-dir", type=Path, required=True)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--cpu-gemm", choices=["onednn", "aten"], default="onednn")
+    p.add_argument("--cpu-gemm", choices=kernels.CPU_GEMMS, default="onednn")
     a = p.parse_args()
     backend = load_backend(resolve_model(a.model), device="cpu")
     backend.cpu_gemm = a.cpu_gemm
