@@ -36,6 +36,10 @@ def add_encoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-gemm", choices=["onednn", "aten"], default="onednn",
                    help="eager CPU linear layers: onednn (default; ~1.7x faster than aten's MKL sgemm on AMD "
                         "CPUs, same fp32 results to rounding) or aten (PyTorch's own, as other tools run)")
+    p.add_argument("--decode", choices=["cpu", "device"], default="cpu",
+                   help="where JPEGs are decoded and resized: cpu (PIL in the workers, as other tools do) or "
+                        "device (decode_jpeg and the resize batched on the --device, e.g. nvJPEG on a GPU; "
+                        "pixels differ from PIL's by rounding, so its features and results are kept apart)")
 
 
 def encoding_options(args) -> dict:
@@ -45,7 +49,7 @@ def encoding_options(args) -> dict:
     if getattr(args, "limit", None) is not None and args.limit < 1:
         raise BenchError("--limit must be at least 1")
     return {"batch_size": args.batch_size, "workers": args.workers, "compile": args.compile,
-            "cpu_gemm": args.cpu_gemm}
+            "cpu_gemm": args.cpu_gemm, "decode": args.decode}
 
 
 def split_multi(values: list[str]) -> list[str]:

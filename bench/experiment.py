@@ -22,7 +22,7 @@ __all__ = ["DEFAULTS", "experiment", "logits_path", "non_default", "per_image_pa
 # The value each identity field has in the default experiment (None: "whatever the model's default is").
 DEFAULTS: dict[str, Any] = {
     "split": "test", "language": None, "prompts": None, "labels": None, "limit": None,
-    "skip_bad_images": False, "protocol": "bench", "precision": "auto", "knowledge": None,
+    "skip_bad_images": False, "protocol": "bench", "precision": "auto", "knowledge": None, "decode": "cpu",
 }
 # Content hashes in an identity: they make a result a different experiment but are not shown as settings.
 HASH_FIELDS = ("prompts_sha", "labels_sha", "class_prompts_sha", "knowledge_sha", "arms_sha")
@@ -65,6 +65,8 @@ def experiment(result: dict, opts: Any, arms: dict[str, Any] | None = None) -> d
         "precision": getattr(opts, "precision", "auto"),
     }
     # keys below are added only when used, so every other result keeps the identity (and id) it had
+    if getattr(opts, "decode", "cpu") != "cpu":  # resized by torch, not PIL: pixels differ by rounding
+        ident["decode"] = opts.decode
     texts = result.get("prompt_texts") or {}
     cp = texts.get("class_prompts") or {}
     if cp.get("path") and cp["path"] != prompts_path:  # a CuPL file named by the prompt set: its own content

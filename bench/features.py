@@ -17,6 +17,7 @@ from bench import distributed
 from bench.backends.base import Backend
 from bench.cache import FeatureCache, TextCache, content_key
 from bench.datasets.base import SplitData, collate
+from bench.device_decode import CpuStage, DeviceDecoder, RawImageFiles, collate_raw, plan_transform, staged
 from bench.errors import BenchError, first_line
 from bench.preprocess import split_for_workers
 
@@ -184,8 +185,13 @@ class ImageFeatures:
     tower: str = ""  # where the compiled tower came from: memory | stored | built | jit ("" when eager)
 
 
-def feature_key(backend: Backend, data: SplitData) -> str:
-    return content_key({"kind": "image", "model": backend.identity(), "data": data.fingerprint, "split": data.split})
+def feature_key(backend: Backend, data: SplitData, decode: str = "cpu") -> str:
+    """The feature cache entry of one split under one model; `--decode device` features (resized by torch,
+    not PIL, so not the same to the last bit) are an entry of their own."""
+    key = {"kind": "image", "model": backend.identity(), "data": data.fingerprint, "split": data.split}
+    if decode != "cpu":
+        key["decode"] = decode
+    return content_key(key)
 
 
 def image_features(backend: Backend, data: SplitData, cache: FeatureCache, **kwargs) -> ImageFeatures:
@@ -197,16 +203,18 @@ def image_features(backend: Backend, data: SplitData, cache: FeatureCache, **kwa
     # Under torchrun the ranks already split the entry into disjoint shards and meet at a barrier;
     # a lock held by one rank across that barrier would deadlock the others.
     single = distributed.current().world == 1
-    with cache.lock(feature_key(backend, data)) if single else contextlib.nullcontext():
+    with cache.lock(feature_key(backend, data, kwargs.get("decode", "cpu"))) if single else contextlib.nullcontext():
         return _image_features(backend, data, cache, **kwargs)
 
 
 def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, batch_size: int = 64,
                     workers: int | None = None, skip_bad_images: bool = False, progress: bool = True,
-                    compile: str = "auto", later: Callable[[str], int] | None = None) -> ImageFeatures:
-    # `later(key)`: the images the rest of the run will encode with this backend, besides entry `key`
+                    compile: str = "auto", later: Callable[[str], int] | None = None,
+                    decode: str = "cpu") -> ImageFeatures:
+    # `later(key)`: the images the rest of the run will encode with this backend, besides entry `key`;
+    # `decode`: cpu (PIL in the workers) | device (bench.device_decode)
     start = time.perf_counter()
-    key = feature_key(backend, data)
+    key = feature_key(backend, data, decode)
     n, size = len(data), cache.shard_size
     n_shards = max(1, math.ceil(n / size))
     shards = {s: cache.load_shard(key, s) for s in range(n_shards)}
@@ -227,25 +235,26 @@ def _image_features(backend: Backend, data: SplitData, cache: FeatureCache, *, b
         todo = [i for s in mine for i in range(s * size, min(n, (s + 1) * size)) if i not in done_before]
         workers = default_workers() if workers is None else workers
         per_image, per_batch = split_for_workers(backend.preprocess)
+        if decode == "device":
+            images, collate_fn = RawImageFiles(data.root, data.paths, per_image, todo, data.spans), collate_raw
+            stage = DeviceDecoder(plan_transform(backend.preprocess, backend.spec.name), images, backend.device)
+        else:
+            stage, images, collate_fn = CpuStage(per_batch, backend.device), data.images(per_image, todo), collate
         loader = torch.utils.data.DataLoader(
-            data.images(per_image, todo), batch_size=batch_size,
-            num_workers=workers, collate_fn=collate, pin_memory=backend.device.type == "cuda",
+            images, batch_size=batch_size,
+            num_workers=workers, collate_fn=collate_fn, pin_memory=backend.device.type == "cuda",
             persistent_workers=False, prefetch_factor=4 if workers else None)
         encoder = ImageEncoder(backend, compile, len(todo), later=(lambda: later(key)) if later else None)
         desc = f"{backend.spec.name} · {data.spec.name}/{data.split}"
         tuner = ThreadTuner(workers, backend.device.type)
         with tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False) as bar, tuner:
             last = time.perf_counter()
-            for pixels, idxs, errors in loader:
+            for pixels, idxs, errors in staged(loader, stage, backend.device):
                 waited = time.perf_counter() - last
                 if errors and not skip_bad_images:
                     raise BenchError(f"cannot read image {errors[0][1]}; fix or remove it, or pass --skip-bad-images")
                 if encoder.state == "compile-next":
                     bar.set_postfix_str("compiling")
-                if pixels is not None and per_batch is not None:
-                    # on the CPU, like ToTensor: CUDA divides by a scalar as a multiply by its inverse,
-                    # which differs in the last bit for about half the pixel values
-                    pixels = per_batch(pixels)
                 feats = encoder(pixels).cpu() if pixels is not None else None
                 bar.set_postfix_str("compiled" if encoder.compiled else "")
                 shards.update(writer.add(feats, idxs, errors))

@@ -69,6 +69,7 @@ class RunOptions:
     precision: str = "auto"  # auto (the protocol's, else fp32 on CPU / bf16|fp16 autocast on GPU) | fp32 | bf16 | fp16
     compile: str = "auto"  # torch.compile the image tower: auto (when it pays off) | on | off
     cpu_gemm: str = "onednn"  # eager CPU linear kernels: onednn | aten (bench.kernels)
+    decode: str = "cpu"  # where JPEGs are decoded and resized: cpu (PIL, in workers) | device (bench.device_decode)
     bootstrap: int = 1000  # bootstrap resamples for the zero-shot metrics' 95% CIs (bench.stats); 0: none
     # ELEVATER knowledge (bench.knowledge): a clone of their knowledge folder, the fields used, GPT-3 texts per
     # class and how they combine with the external field; None: no knowledge
@@ -98,10 +99,11 @@ def bootstrap_record(metric: str, n_boot: int) -> dict:
 
 
 def encoder_record(opts: RunOptions, feats: ImageFeatures, backend: Backend) -> dict:
-    """How a result's image features were computed: the compile policy and what it did, and the eager
-    linear kernels (`cpu_gemm`: onednn | aten on CPU, null on GPU; used for the text tower too)."""
+    """How a result's image features were computed: the compile policy and what it did, the eager linear
+    kernels (`cpu_gemm`: onednn | aten on CPU, null on GPU; used for the text tower too), and where JPEGs
+    were decoded and resized (`decode`: cpu | device)."""
     return {"compile": opts.compile, "compiled": feats.compiled, "compile_s": round(feats.compile_s, 3),
-            "tower": feats.tower, "cpu_gemm": backend.gemm}
+            "tower": feats.tower, "cpu_gemm": backend.gemm, "decode": opts.decode}
 
 
 def prepare_command(spec: DatasetSpec, copy: str = "") -> str:
@@ -418,7 +420,7 @@ class Runner:
         o = self.opts
         return image_features(backend, data, self.features, batch_size=o.batch_size, workers=o.workers,
                               skip_bad_images=o.skip_bad_images, progress=o.progress, compile=o.compile,
-                              later=lambda current: self.images_later(backend, current))
+                              later=lambda current: self.images_later(backend, current), decode=o.decode)
 
     def images_later(self, backend: Backend, current: str = "") -> int:
         """Images that the steps of the plan after the current one will encode with `backend` (same model
@@ -432,7 +434,7 @@ class Runner:
                 continue
             try:
                 for data in self._step_splits(ref, task):
-                    entry = feature_key(backend, data)
+                    entry = feature_key(backend, data, self.opts.decode)
                     if entry not in seen and not self.features.is_complete(entry):
                         seen.add(entry)
                         total += dist.share(len(data), self.features.shard_size)

@@ -1,34 +1,43 @@
-"""GPU throughput of a random-init ViT-H/14 image tower at bf16, in images/s and as MFU (part of `make perf`).
+"""GPU throughput of random-init ViT-B/16, ViT-L/14 and ViT-H/14 image towers at bf16: images/s and MFU
+(part of `make perf`, which elsewhere prints one skip line).
 
-Two figures, as issue 9 asks:
+Per architecture:
   model alone   batches of random pixels already on the GPU, eager and torch.compile'd;
-  with data     `bench run` over generated PNGs (decode + preprocess in DataLoader workers, pinned
-                memory, non-blocking copies, cache writes), timings.image_features_s.
-MFU = images/s x FLOPs per image (counted by torch.utils.flop_counter on one image) / the GPU's peak dense
-bf16 FLOP/s (a table of known GPUs, or --peak-tflops). Without CUDA it prints one line and exits 0, unless
---device cpu is given (a dry run of the same code on a small model: `--arch tiny --device cpu`).
-Figures go to results/perf/gpu.json.
+  with data     `bench run --compile off` over generated JPEGs (photo-sized, 500 x 375 and 375 x 500), once
+                with `--decode cpu` (PIL in DataLoader workers, pinned memory, double-buffered copies) and
+                once with `--decode device` (workers read bytes; nvJPEG decodes and the resize runs batched
+                on the GPU), timings.image_features_s.
+MFU = images/s x FLOPs per image (torch.utils.flop_counter on one image, 2 per multiply-add) / the GPU's
+dense bf16 peak (a table of known GPUs, or --peak-tflops). Without CUDA it prints one line and exits 0,
+unless --device cpu is given: a dry run of the same code (`--arch tiny --device cpu`, tested).
+Figures go to results/perf/gpu.json (gpu-dryrun.json for a CPU dry run).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
-from perf import OUT, TINY_CFG, env, make_images, save_model  # noqa: E402
+from perf import OUT, TINY_CFG, env, save_model  # noqa: E402
 
 from bench.cache import atomic_write_json  # noqa: E402
 
+ARCHS = ("ViT-B-16", "ViT-L-14", "ViT-H-14")
+DECODES = ("cpu", "device")
 # Dense bf16 peak (no sparsity), TFLOP/s, from the vendors' data sheets; matched on the device name.
 PEAK_BF16_TFLOPS = {"H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0,
                     "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
@@ -69,77 +78,122 @@ def model_alone(model, size: int, batch: int, steps: int, device: str, compiled:
     return batch * steps / (time.perf_counter() - start), warmup
 
 
-def with_data(work: Path, model_dir: Path, images: int, size: int, batch: int, device: str, compile: str) -> dict:
-    data = make_images(work / f"data-gpu-{size}-{images}" / f"perf-gpu-{size}", images, size)
-    yaml = work / "gpu.yaml"
-    yaml.write_text(f"name: perf-gpu\nbackend: open_clip\nmodel: local-dir:{model_dir}\nlanguage: en\n")
-    cache, out = work / f"cache-gpu-{compile}", work / f"runs-gpu-{compile}"
+def _jpeg(args: tuple[int, int, int, int]) -> bytes:
+    """One photo-like JPEG: smooth colour blobs plus noise (so it neither compresses to nothing nor is
+    all noise), landscape or portrait."""
+    seed, h, w, cls = args
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (h // 16 + 2, w // 16 + 2, 3), dtype=np.uint8))
+    arr = np.asarray(small.resize((w, h), Image.BICUBIC)).astype(np.int16)
+    arr[..., cls % 3] += 40
+    arr += rng.integers(-10, 10, (h, w, 3), dtype=np.int16)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_jpegs(folder: Path, n: int, long_side: int, classes: int = 10) -> Path:
+    """An ELEVATER-layout dataset of `n` JPEGs, long side `long_side`, 4:3 both ways (made once)."""
+    if (folder / "test").is_dir() and sum(1 for _ in (folder / "test").rglob("*.jpg")) == n:
+        return folder
+    short = long_side * 3 // 4
+    jobs = [(i, *((short, long_side) if i % 2 else (long_side, short)), i % classes) for i in range(n)]
+    for c in range(classes):
+        (folder / "test" / f"{c:02d}").mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for (i, _, _, c), raw in zip(jobs, pool.map(_jpeg, jobs, chunksize=64), strict=True):
+            (folder / "test" / f"{c:02d}" / f"{i:06d}.jpg").write_bytes(raw)
+    (folder / "label.txt").write_text("".join(f"class {c}\n" for c in range(classes)))
+    return folder
+
+
+def with_data(work: Path, name: str, model_dir: Path, data: Path, images: int, batch: int, device: str,
+              decode: str) -> dict:
+    yaml = work / f"{name}.yaml"
+    yaml.write_text(f"name: perf-gpu-{name}\nbackend: open_clip\nmodel: local-dir:{model_dir}\nlanguage: en\n")
+    cache, out = work / f"cache-{name}-{decode}", work / f"runs-{name}-{decode}"
     subprocess.run(["rm", "-rf", str(cache), str(out)], check=True)
     cmd = [sys.executable, "-m", "bench", "-q", "run", "--model", str(yaml), "--dataset", str(data), "--cache-dir",
            str(cache), "--out", str(out), "--batch-size", str(batch), "--device", device, "--no-progress",
-           "--labels", "dataset", "--prompts", "simple-en", "--compile", compile]
+           "--labels", "dataset", "--prompts", "simple-en", "--compile", "off", "--decode", decode]
     proc = subprocess.run(cmd, env=env(os.cpu_count() or 1), capture_output=True, text=True, check=False)
     if proc.returncode:
         raise SystemExit(f"bench run failed:\n{proc.stderr[-3000:]}")
     result = json.loads(max((p for p in out.rglob("zeroshot*.json") if not p.name.endswith(".predictions.json")),
                             key=lambda p: p.stat().st_mtime_ns).read_text())  # results are named by experiment
-    seconds, enc = result["timings"]["image_features_s"], result["encoder"]
-    # the first compiled call compiles and encodes one batch: the rest is the steady state
-    steady = (images - batch) / (seconds - enc["compile_s"]) if enc["compiled"] and images > batch else None
-    return {"images": images, "compile": compile, "encoder": enc, "image_features_s": seconds,
-            "images_per_s": images / seconds, "images_per_s_after_compile": steady}
+    seconds = result["timings"]["image_features_s"]
+    return {"decode": decode, "images": images, "encoder": result["encoder"], "image_features_s": seconds,
+            "images_per_s": images / seconds}
+
+
+def measure(arch: str, a: argparse.Namespace, data: Path, peak: float | None) -> dict:
+    import open_clip
+
+    cfg = TINY_CFG if arch == "tiny" else arch
+    size = TINY_CFG["vision_cfg"]["image_size"] if arch == "tiny" else open_clip.get_model_config(arch)[
+        "vision_cfg"]["image_size"]
+    model_dir = save_model(a.work / f"model-{arch}", cfg)
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
+    model = model.eval().to(a.device)
+    flops = flops_per_image(model, size, a.device)
+    mfu = (lambda ips: ips * flops / (peak * 1e12) if peak else None)  # noqa: E731
+    alone = {}
+    for compiled in (False, True) if a.compiled else (False,):
+        ips, warm = model_alone(model, size, a.batch_size, a.steps, a.device, compiled)
+        alone["compiled" if compiled else "eager"] = {"images_per_s": ips, "warmup_s": warm,
+                                                      "tflops": ips * flops / 1e12, "mfu": mfu(ips)}
+    del model
+    if a.device == "cuda":
+        torch.cuda.empty_cache()
+    pipeline = [with_data(a.work, arch, model_dir, data, a.images, a.batch_size, a.device, d) for d in DECODES]
+    for r in pipeline:
+        r["mfu"] = mfu(r["images_per_s"])
+        r["of_model_alone"] = r["images_per_s"] / alone["eager"]["images_per_s"]
+    return {"arch": arch, "image_size": size, "gflops_per_image": flops / 1e9, "model_alone": alone,
+            "with_data": pipeline}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="ViT-H-14", help="open_clip architecture, or 'tiny' for a dry run")
+    p.add_argument("--arch", default=",".join(ARCHS), help="open_clip architectures, comma-separated, or 'tiny' "
+                                                            "for a dry run")
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--images", type=int, default=5000, help="generated images for the with-data figure")
+    p.add_argument("--images", type=int, default=5000, help="generated JPEGs for the with-data figures")
+    p.add_argument("--long-side", type=int, default=500, help="the generated JPEGs' long side in pixels")
+    p.add_argument("--no-compiled", dest="compiled", action="store_false",
+                   help="skip the compiled model-alone figure (compiling a ViT-H takes minutes)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench-perf-gpu"))
+    p.add_argument("--out", type=Path, default=OUT, help="folder for gpu.json")
     a = p.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         print("perf_gpu: skipped, no CUDA GPU here (run it on a GPU machine; `--device cpu --arch tiny` dry-runs it)")
         return 0
-    import open_clip
-
-    arch = TINY_CFG if a.arch == "tiny" else a.arch
-    size = TINY_CFG["vision_cfg"]["image_size"] if a.arch == "tiny" else open_clip.get_model_config(a.arch)[
-        "vision_cfg"]["image_size"]
-    model_dir = save_model(a.work / f"model-{a.arch}", arch)
-    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
-    model = model.eval().to(a.device)
     name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
-    flops = flops_per_image(model, size, a.device)
     peak = peak_tflops(name, a.peak_tflops) if a.device == "cuda" else None
-    rows = {}
-    for compiled in (False, True):
-        ips, warm = model_alone(model, size, a.batch_size, a.steps, a.device, compiled)
-        rows["compiled" if compiled else "eager"] = {
-            "images_per_s": ips, "warmup_s": warm, "tflops": ips * flops / 1e12,
-            "mfu": ips * flops / (peak * 1e12) if peak else None}
-    pipeline = [with_data(a.work, model_dir, a.images, size, a.batch_size, a.device, c) for c in ("off", "on")]
-    for r in pipeline:
-        best = r["images_per_s_after_compile"] or r["images_per_s"]
-        r["mfu"] = best * flops / (peak * 1e12) if peak else None
-    report = {"device": name, "arch": a.arch, "precision": "bf16 autocast" if a.device == "cuda" else "fp32",
-              "batch_size": a.batch_size, "gflops_per_image": flops / 1e9, "peak_tflops": peak,
-              "model_alone": rows, "with_data": pipeline,
+    data = make_jpegs(a.work / f"data-{a.images}-{a.long_side}" / "perf-gpu", a.images, a.long_side)
+    rows = [measure(arch, a, data, peak) for arch in a.arch.split(",")]
+    report = {"device": name, "precision": "bf16 autocast" if a.device == "cuda" else "fp32",
+              "batch_size": a.batch_size, "peak_tflops": peak, "images": a.images, "long_side": a.long_side,
+              "archs": rows,
               "how": "model alone: pixels on the device, 3 warm-up batches, then --steps batches timed with a "
-                     "synchronize; with data: `bench run` image_features_s over generated PNGs; "
-                     "FLOPs by torch.utils.flop_counter (2 per multiply-add) on one image"}
-    OUT.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(OUT / ("gpu.json" if a.device == "cuda" else "gpu-dryrun.json"), report)
-    fmt = lambda m: f"{m:.1%}" if m is not None else "n/a"  # noqa: E731
-    print(f"perf_gpu · {name} · {a.arch} · {report['precision']} · {flops / 1e9:.1f} GFLOP/image · peak {peak}")
-    for k, r in rows.items():
-        print(f"  model alone, {k:8}  {r['images_per_s']:9.1f} img/s  {r['tflops']:7.1f} TFLOP/s  MFU {fmt(r['mfu'])}")
-    for r in pipeline:
-        after = r["images_per_s_after_compile"]
-        print(f"  with data, compile {r['compile']:3}  {r['images_per_s']:9.1f} img/s"
-              + (f" ({after:.1f} after compiling)" if after else "") + f"  MFU {fmt(r['mfu'])}")
+                     "synchronize; with data: `bench run --compile off` image_features_s over generated JPEGs, "
+                     "--decode cpu and device; FLOPs by torch.utils.flop_counter (2 per multiply-add) on one image"}
+    a.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(a.out / ("gpu.json" if a.device == "cuda" else "gpu-dryrun.json"), report)
+    fmt = lambda m: f"{m:6.1%}" if m is not None else "   n/a"  # noqa: E731
+    print(f"perf_gpu · {name} · {report['precision']} · batch {a.batch_size} · peak {peak} TFLOP/s · "
+          f"{a.images} JPEGs, long side {a.long_side}")
+    print(f"  {'arch':10} {'GFLOP/img':>9}  {'run':24} {'img/s':>9}  {'MFU':>6}  {'of alone':>8}")
+    for r in rows:
+        lines = [(f"alone, {k}", m["images_per_s"], m["mfu"], None) for k, m in r["model_alone"].items()]
+        lines += [(f"bench run, decode {d['decode']}", d["images_per_s"], d["mfu"], d["of_model_alone"])
+                  for d in r["with_data"]]
+        for n, (label, ips, m, of) in enumerate(lines):
+            head = f"{r['arch']:10} {r['gflops_per_image']:9.2f}" if n == 0 else " " * 20
+            print(f"  {head}  {label:24} {ips:9.1f}  {fmt(m)}  {f'{of:8.0%}' if of is not None else ''}")
     return 0
 
 

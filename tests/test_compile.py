@@ -112,7 +112,8 @@ def test_compiled_run_equals_eager_run(tmp_path, bench_cli):
         key = results[mode][0]["cache"]["image_features"]
         features[mode] = FeatureCache(tmp_path / f"cache-{mode}").load_shard(key, 0)
     (eager, eager_preds), (compiled, compiled_preds) = results["off"], results["on"]
-    assert eager["encoder"] == {"compile": "off", "compiled": False, "compile_s": 0.0, "tower": "", "cpu_gemm": "onednn"}
+    assert eager["encoder"] == {"compile": "off", "compiled": False, "compile_s": 0.0, "tower": "", "cpu_gemm": "onednn",
+                               "decode": "cpu"}
     assert compiled["encoder"]["compiled"] is True and compiled["encoder"]["compile_s"] > 0
     assert compiled["encoder"]["tower"] == "built"  # an AOTInductor package, now stored in the cache
     assert eager["cache"]["image_features"] == compiled["cache"]["image_features"]  # same entry, either way

@@ -85,19 +85,22 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int):
         i = self.indices[k]
-        path = self.root / self.paths[i]
         try:
             with self._open(i) as img:
                 img.load()
                 return self.transform(img), i, ""
         except Exception as exc:  # noqa: BLE001 - any decoder failure is reported with its path
-            # PIL names in-memory members by their repr (<_io.BytesIO object at 0x...>), which differs per run
-            msg = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the member's bytes", str(exc))
-            return None, i, f"{path}: {type(exc).__name__}: {msg}"
+            return None, i, image_error(self.root / self.paths[i], exc)
 
     def _open(self, i: int) -> Image.Image:
         if not self.spans:
             return Image.open(self.root / self.paths[i])
+        return Image.open(io.BytesIO(self.read_bytes(i)))
+
+    def read_bytes(self, i: int) -> bytes:
+        """The encoded bytes of sample i (its file, or its member of an archive)."""
+        if not self.spans:
+            return (self.root / self.paths[i]).read_bytes()
         archive, offset, size, *encoding = self.spans[i]
         with open(self.root / archive, "rb") as f:
             f.seek(offset)
@@ -107,7 +110,14 @@ class ImageFiles(torch.utils.data.Dataset):
         if encoding and encoding[0] == "base64":
             # as Chinese CLIP reads its tsv: the URL-safe alphabet, which also accepts standard base64
             raw = base64.urlsafe_b64decode(raw)
-        return Image.open(io.BytesIO(raw))
+        return raw
+
+
+def image_error(path: Path, exc: BaseException) -> str:
+    """How a failure to read the image at `path` is reported (and cached with --skip-bad-images)."""
+    # PIL names in-memory members by their repr (<_io.BytesIO object at 0x...>), which differs per run
+    msg = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the member's bytes", str(exc))
+    return f"{path}: {type(exc).__name__}: {msg}"
 
 
 def collate(items):
