@@ -6,7 +6,9 @@ Per architecture:
   with data     `bench run --compile off` over generated JPEGs (photo-sized, 500 x 375 and 375 x 500), once
                 with `--decode cpu` (PIL in DataLoader workers, pinned memory, double-buffered copies) and
                 once with `--decode device` (workers read bytes; nvJPEG decodes and the resize runs batched
-                on the GPU), timings.image_features_s.
+                on the GPU): timings.image_features_s of the measured set, after a warm-up set of two
+                batches in the same process (model load, CUDA and nvJPEG start-up are not counted; the
+                measured set's own DataLoader start-up is).
 MFU = images/s x FLOPs per image (torch.utils.flop_counter on one image, 2 per multiply-add) / the GPU's
 dense bf16 peak (a table of known GPUs, or --peak-tflops). Without CUDA it prints one line and exits 0,
 unless --device cpu is given: a dry run of the same code (`--arch tiny --device cpu`, tested).
@@ -107,26 +109,26 @@ def make_jpegs(folder: Path, n: int, long_side: int, classes: int = 10) -> Path:
     return folder
 
 
-def with_data(work: Path, name: str, model_dir: Path, data: Path, images: int, batch: int, device: str,
-              decode: str) -> dict:
+def with_data(work: Path, name: str, model_dir: Path, warm: Path, data: Path, images: int, batch: int,
+              device: str, decode: str) -> dict:
     yaml = work / f"{name}.yaml"
     yaml.write_text(f"name: perf-gpu-{name}\nbackend: open_clip\nmodel: local-dir:{model_dir}\nlanguage: en\n")
     cache, out = work / f"cache-{name}-{decode}", work / f"runs-{name}-{decode}"
     subprocess.run(["rm", "-rf", str(cache), str(out)], check=True)
-    cmd = [sys.executable, "-m", "bench", "-q", "run", "--model", str(yaml), "--dataset", str(data), "--cache-dir",
+    cmd = [sys.executable, "-m", "bench", "-q", "run", "--model", str(yaml), "--dataset", str(warm), "--dataset",
+           str(data), "--cache-dir",
            str(cache), "--out", str(out), "--batch-size", str(batch), "--device", device, "--no-progress",
            "--labels", "dataset", "--prompts", "simple-en", "--compile", "off", "--decode", decode]
     proc = subprocess.run(cmd, env=env(os.cpu_count() or 1), capture_output=True, text=True, check=False)
     if proc.returncode:
         raise SystemExit(f"bench run failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(max((p for p in out.rglob("zeroshot*.json") if not p.name.endswith(".predictions.json")),
-                            key=lambda p: p.stat().st_mtime_ns).read_text())  # results are named by experiment
+    result = json.loads(next((out / f"perf-gpu-{name}").glob(f"{data.name}/zeroshot*.json")).read_text())
     seconds = result["timings"]["image_features_s"]
     return {"decode": decode, "images": images, "encoder": result["encoder"], "image_features_s": seconds,
             "images_per_s": images / seconds}
 
 
-def measure(arch: str, a: argparse.Namespace, data: Path, peak: float | None) -> dict:
+def measure(arch: str, a: argparse.Namespace, warm: Path, data: Path, peak: float | None) -> dict:
     import open_clip
 
     cfg = TINY_CFG if arch == "tiny" else arch
@@ -139,13 +141,13 @@ def measure(arch: str, a: argparse.Namespace, data: Path, peak: float | None) ->
     mfu = (lambda ips: ips * flops / (peak * 1e12) if peak else None)  # noqa: E731
     alone = {}
     for compiled in (False, True) if a.compiled else (False,):
-        ips, warm = model_alone(model, size, a.batch_size, a.steps, a.device, compiled)
-        alone["compiled" if compiled else "eager"] = {"images_per_s": ips, "warmup_s": warm,
+        ips, warmup = model_alone(model, size, a.batch_size, a.steps, a.device, compiled)
+        alone["compiled" if compiled else "eager"] = {"images_per_s": ips, "warmup_s": warmup,
                                                       "tflops": ips * flops / 1e12, "mfu": mfu(ips)}
     del model
     if a.device == "cuda":
         torch.cuda.empty_cache()
-    pipeline = [with_data(a.work, arch, model_dir, data, a.images, a.batch_size, a.device, d) for d in DECODES]
+    pipeline = [with_data(a.work, arch, model_dir, warm, data, a.images, a.batch_size, a.device, d) for d in DECODES]
     for r in pipeline:
         r["mfu"] = mfu(r["images_per_s"])
         r["of_model_alone"] = r["images_per_s"] / alone["eager"]["images_per_s"]
@@ -171,18 +173,24 @@ def main() -> int:
     if a.device == "cuda" and not torch.cuda.is_available():
         print("perf_gpu: skipped, no CUDA GPU here (run it on a GPU machine; `--device cpu --arch tiny` dry-runs it)")
         return 0
+    # the data first: its process pool forks, which is safest before this process starts CUDA
+    data = make_jpegs(a.work / f"data-{a.images}-{a.long_side}" / "perf-gpu", a.images, a.long_side)
+    warm = make_jpegs(a.work / f"data-{2 * a.batch_size}-{a.long_side}" / "perf-gpu-warm", 2 * a.batch_size,
+                      a.long_side)
     name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
     peak = peak_tflops(name, a.peak_tflops) if a.device == "cuda" else None
-    data = make_jpegs(a.work / f"data-{a.images}-{a.long_side}" / "perf-gpu", a.images, a.long_side)
-    rows = [measure(arch, a, data, peak) for arch in a.arch.split(",")]
     report = {"device": name, "precision": "bf16 autocast" if a.device == "cuda" else "fp32",
               "batch_size": a.batch_size, "peak_tflops": peak, "images": a.images, "long_side": a.long_side,
-              "archs": rows,
+              "archs": [],
               "how": "model alone: pixels on the device, 3 warm-up batches, then --steps batches timed with a "
-                     "synchronize; with data: `bench run --compile off` image_features_s over generated JPEGs, "
-                     "--decode cpu and device; FLOPs by torch.utils.flop_counter (2 per multiply-add) on one image"}
+                     "synchronize; with data: `bench run --compile off` image_features_s over generated JPEGs "
+                     "after a two-batch warm-up set, --decode cpu and device; FLOPs by torch.utils.flop_counter "
+                     "(2 per multiply-add) on one image"}
     a.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(a.out / ("gpu.json" if a.device == "cuda" else "gpu-dryrun.json"), report)
+    for arch in a.arch.split(","):  # written after each architecture: a run cut short keeps what it measured
+        report["archs"].append(measure(arch, a, warm, data, peak))
+        atomic_write_json(a.out / ("gpu.json" if a.device == "cuda" else "gpu-dryrun.json"), report)
+    rows = report["archs"]
     fmt = lambda m: f"{m:6.1%}" if m is not None else "   n/a"  # noqa: E731
     print(f"perf_gpu · {name} · {report['precision']} · batch {a.batch_size} · peak {peak} TFLOP/s · "
           f"{a.images} JPEGs, long side {a.long_side}")

@@ -43,6 +43,7 @@ def test_dry_run_measures_both_decode_paths(tmp_path):
     assert [r["decode"] for r in row["with_data"]] == ["cpu", "device"]
     assert [r["encoder"]["decode"] for r in row["with_data"]] == ["cpu", "device"]  # what bench run recorded
     assert all(r["images"] == 24 and r["images_per_s"] > 0 for r in row["with_data"])
-    jpegs = list((tmp_path / "work").rglob("*.jpg"))
+    jpegs = list((tmp_path / "work" / "data-24-80").rglob("*.jpg"))  # the measured set, besides the warm-up set
     assert len(jpegs) == 24 and jpegs[0].read_bytes()[:2] == b"\xff\xd8"
+    assert len(list((tmp_path / "work" / "data-16-80").rglob("*.jpg"))) == 16
     assert "bench run, decode device" in proc.stdout
