@@ -288,3 +288,15 @@ def test_double_buffered_device_decoding_equals_decoding_one_batch_at_a_time(tmp
         (pixels.float() @ pixels.float().transpose(-1, -2)).sum()  # keep the main stream busy meanwhile
         got.append(pixels.cpu())
     assert len(got) == 6 and all(torch.equal(g, a) for g, a in zip(got, alone, strict=True))
+
+
+def test_the_cli_offers_exactly_the_decode_paths_there_are():
+    import argparse
+
+    from bench.cli_common import add_encoding_args
+    from bench.device_decode import DECODES
+
+    p = argparse.ArgumentParser()
+    add_encoding_args(p)
+    (action,) = [a for a in p._actions if a.dest == "decode"]
+    assert tuple(action.choices) == DECODES and action.default == "cpu"
