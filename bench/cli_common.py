@@ -31,11 +31,13 @@ def add_encoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: cores - 1)")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the image tower: auto = when the encoding left would take over two minutes "
-                        "on CPU (one with --cpu-gemm aten, 5 on GPU) eagerly; building costs tens of seconds once "
-                        "per model, and the tower is stored for later runs")
-    p.add_argument("--cpu-gemm", choices=["onednn", "aten"], default="onednn",
-                   help="eager CPU linear layers: onednn (default; ~1.7x faster than aten's MKL sgemm on AMD "
-                        "CPUs, same fp32 results to rounding) or aten (PyTorch's own, as other tools run)")
+                        "on CPU with oneDNN's linears (one with aten's, 5 on GPU) eagerly, never on a CPU without "
+                        "AVX-512 (no gain measured there); building costs tens of seconds once per model, and the "
+                        "tower is stored for later runs")
+    p.add_argument("--cpu-gemm", choices=["auto", "onednn", "aten"], default="auto",
+                   help="eager CPU linear layers: onednn (1.6-1.9x faster than aten's MKL sgemm on AMD CPUs with "
+                        "AVX-512, same fp32 results to rounding), aten (PyTorch's own, as other tools run), or "
+                        "auto (default: onednn on AMD with AVX-512, else aten)")
     p.add_argument("--decode", choices=["cpu", "device"], default="cpu",
                    help="where JPEGs are decoded and resized: cpu (PIL in the workers, as other tools do) or "
                         "device (decode_jpeg and the resize batched on the --device, e.g. nvJPEG on a GPU; "

@@ -29,8 +29,21 @@ COMPILE_POLICIES = ("auto", "on", "off")
 # ViT-B on a 2-core CPU costs 24-30 s. Against aten's eager linears ("cpu") the tower is ~2x faster, so
 # 60 s of eager work repays it; against oneDNN's ("cpu-onednn", bench.kernels, the default) only ~1.35x
 # (ViT-B/32, batch 64: 1.39 s vs 1.88 s), which breaks even near 90 s, hence 120. On a GPU the gain is
-# smaller and compiling slower, hence the higher bar.
-COMPILE_WORTH_S = {"cpu": 60.0, "cpu-onednn": 120.0, "cuda": 300.0}
+# smaller and compiling slower, hence the higher bar. Those gains were measured on an AVX-512 CPU; on an
+# AVX2-only AMD EPYC the compiled ViT-B-32 tower ran at eager speed (5.6-6.4 s against 5.8-6.8 s a batch)
+# after 69 s of building, so there `auto` never compiles (`on` still does).
+COMPILE_WORTH_S = {"cpu": 60.0, "cpu-onednn": 120.0, "cpu-no-avx512": math.inf, "cuda": 300.0}
+
+
+def compile_kind(backend: Backend) -> str:
+    """The COMPILE_WORTH_S row that applies to `backend`: its device type, and on CPU whether it has
+    AVX-512 and which eager linear kernels it runs (the baseline a compiled tower has to beat)."""
+    device = backend.device.type
+    if device != "cpu":
+        return device
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return "cpu-no-avx512"
+    return "cpu-onednn" if backend.gemm == "onednn" else "cpu"
 
 
 def should_compile(policy: str, device: str, eager_s_per_image: float, images_left: int,
@@ -53,7 +66,8 @@ def should_compile(policy: str, device: str, eager_s_per_image: float, images_le
 class ImageEncoder:
     """Encodes batches for one cache entry under a compile policy: `on` compiles before the first batch;
     `auto` uses a compiled tower at once if one is in memory or stored, else times the first batch eagerly
-    and compiles if the rest of the run would take long enough to repay it. `later` counts the images that
+    and compiles if the rest of the run would take long enough to repay it (never on a CPU without AVX-512,
+    where compiling was measured not to pay). `later` counts the images that
     later datasets of the run will encode with this backend (asked only when this entry alone is not enough).
 
     A compiler failure is an error under `on` (it was asked for) and a warning plus eager encoding under
@@ -74,7 +88,7 @@ class ImageEncoder:
         return self.state == "compiled"
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self.state == "eager-timing" and self._has_tower(pixels):
+        if self.state == "eager-timing" and self._worth() < math.inf and self._has_tower(pixels):
             self.state = "compile-next"
         self.left -= len(pixels)
         if self.state == "compile-next":
@@ -84,14 +98,12 @@ class ImageEncoder:
         start = time.perf_counter()
         out = self.backend.encode_images(pixels)
         per_image = (time.perf_counter() - start) / max(len(pixels), 1)
-        device = self.backend.device.type
-        if device == "cpu" and self.backend.gemm == "onednn":  # a faster eager baseline to beat
-            device = "cpu-onednn"
-        worth = should_compile(self.policy, device, per_image, self.left, self.worth_s)
+        bar = self._worth()
+        worth = bar < math.inf and should_compile(self.policy, "", per_image, self.left, bar)
         later = 0
-        if not worth and self.later is not None:
+        if not worth and bar < math.inf and self.later is not None:
             later = self.later()
-            worth = should_compile(self.policy, device, per_image, self.left + later, self.worth_s)
+            worth = should_compile(self.policy, "", per_image, self.left + later, bar)
         if worth:
             self.state = "compile-next"
             log.info("compiling the image tower of %s (about %.0f s of eager encoding left in the run; "
@@ -99,6 +111,10 @@ class ImageEncoder:
         else:
             self.state = "eager"
         return out
+
+    def _worth(self) -> float:
+        """Seconds of eager encoding left that make compiling worth it here (inf: never, under auto)."""
+        return self.worth_s if self.worth_s is not None else COMPILE_WORTH_S[compile_kind(self.backend)]
 
     def _has_tower(self, pixels: torch.Tensor) -> bool:
         has = getattr(self.backend, "has_compiled_tower", None)

@@ -3,12 +3,15 @@
 aten runs an fp32 `linear` as a BLAS sgemm (MKL in the PyTorch wheels). MKL picks its fast code paths by
 CPU vendor; on an AMD EPYC it reached 167 GFLOP/s on a ViT-B's MLP shape, where oneDNN's
 `mkldnn._linear_pointwise` (the kernel inductor itself emits for frozen CPU graphs) reached 318 GFLOP/s.
-A ViT spends ~85% of its eager time in those GEMMs, so routing them through oneDNN makes eager encoding
-1.7x faster with nothing to build. The results are the same fp32 products summed in another order:
+A ViT spends ~85% of its eager time in those GEMMs, so routing them through oneDNN made eager encoding
+1.7x faster there with nothing to build. The results are the same fp32 products summed in another order:
 features agree with aten's to float32 rounding (~1e-6 relative), as a compiled tower's do.
 
-`--cpu-gemm aten` (bench run, study, prompts eval) keeps aten's kernels, e.g. to compare bit for bit with
-another tool's eager run on the same machine.
+That EPYC had AVX-512. On an AVX2-only AMD EPYC the two reached the same GFLOP/s on that shape (110-129
+against 112) and a ViT-B-32 batch took as long either way (oneDNN 5.8-6.8 s, aten 6.1-6.8 s in repeated
+runs on a noisy machine), so `--cpu-gemm auto` (the default) takes oneDNN only on AMD CPUs with AVX-512;
+Intel CPUs, where MKL takes its own fast paths, and everything else keep aten (not measured on Intel). `--cpu-gemm onednn|aten`
+(bench run, study, prompts eval) forces one, e.g. aten to compare bit for bit with another tool's eager run.
 
 How: a TorchFunctionMode sees every `F.linear` (nn.Linear, Hugging Face layers). nn.MultiheadAttention's
 fused fast path would hide its projections inside one C++ op; with a function mode active it takes its
@@ -30,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 log = logging.getLogger(__name__)
 
-CPU_GEMMS = ("onednn", "aten")
+CPU_GEMMS = ("auto", "onednn", "aten")
 _aten = torch.ops.aten
 
 
@@ -91,6 +94,26 @@ def onednn_works() -> bool:
         return False
 
 
+def _cpu_vendor() -> str:
+    """The CPU's vendor id (AuthenticAMD, GenuineIntel, ...) from /proc/cpuinfo; "" where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def auto_choice(vendor: str | None = None, capability: str | None = None) -> str:
+    """`--cpu-gemm auto`: onednn on AMD CPUs with AVX-512 (measured 1.6-1.9x faster than MKL there), aten
+    elsewhere (level or slower on AVX2-only AMD; MKL's home ground on Intel)."""
+    vendor = _cpu_vendor() if vendor is None else vendor
+    capability = torch.backends.cpu.get_cpu_capability() if capability is None else capability
+    return "onednn" if vendor == "AuthenticAMD" and capability.startswith("AVX512") else "aten"
+
+
 def resolve(choice: str, device: torch.device) -> str | None:
     """The GEMM kernels eager encoding uses on `device` for `--cpu-gemm choice`: onednn | aten, or None
     off the CPU (a GPU's linears are cuBLAS either way)."""
@@ -100,6 +123,8 @@ def resolve(choice: str, device: torch.device) -> str | None:
         raise BenchError(f"--cpu-gemm must be one of {', '.join(CPU_GEMMS)}, got '{choice}'")
     if device.type != "cpu":
         return None
+    if choice == "auto":
+        choice = auto_choice()
     return "onednn" if choice == "onednn" and onednn_works() else "aten"
 
 

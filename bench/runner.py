@@ -68,7 +68,7 @@ class RunOptions:
     protocol: str = "bench"  # registered protocol (bench/registry/protocols/); see bench.protocols
     precision: str = "auto"  # auto (the protocol's, else fp32 on CPU / bf16|fp16 autocast on GPU) | fp32 | bf16 | fp16
     compile: str = "auto"  # torch.compile the image tower: auto (when it pays off) | on | off
-    cpu_gemm: str = "onednn"  # eager CPU linear kernels: onednn | aten (bench.kernels)
+    cpu_gemm: str = "auto"  # eager CPU linear kernels: auto | onednn | aten (bench.kernels)
     decode: str = "cpu"  # where JPEGs are decoded and resized: cpu (PIL, in workers) | device (bench.device_decode)
     bootstrap: int = 1000  # bootstrap resamples for the zero-shot metrics' 95% CIs (bench.stats); 0: none
     # ELEVATER knowledge (bench.knowledge): a clone of their knowledge folder, the fields used, GPT-3 texts per

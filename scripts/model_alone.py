@@ -24,7 +24,7 @@ def main() -> None:
     p.add_argument("--model", required=True, help="a model YAML or registry name")
     p.add_argument("--split-dir", type=Path, required=True)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--cpu-gemm", choices=kernels.CPU_GEMMS, default="onednn")
+    p.add_argument("--cpu-gemm", choices=kernels.CPU_GEMMS, default="auto")
     a = p.parse_args()
     backend = load_backend(resolve_model(a.model), device="cpu")
     backend.cpu_gemm = a.cpu_gemm

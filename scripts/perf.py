@@ -179,7 +179,7 @@ def compile_once(work: Path, n: int, batch: int, workers: int, threads: int) -> 
     """Issue 19's run: a random-init ViT-B-32, n images at 224 px, whole commands against CLIP_benchmark.
 
     A0: the model's first run with aten's eager kernels (`--cpu-gemm aten`, what CLIP_benchmark runs);
-    A: the model's first run (fresh cache, defaults: `--compile auto`, oneDNN linears); B: `--compile on` on a
+    A: the model's first run (fresh cache, defaults: `--compile auto`, `--cpu-gemm auto`); B: `--compile on` on a
     second dataset, which builds and stores the compiled tower; C: `--compile auto` on a third dataset, which
     finds it stored. Also the image tower alone (same batches, already decoded) against each eager loop."""
     model_dir = save_model(work / "model-vit-b32", "ViT-B-32")
@@ -213,7 +213,8 @@ def compile_once(work: Path, n: int, batch: int, workers: int, threads: int) -> 
     theirs_runs = [theirs()]  # one before and one after ours: the mean evens out drift on a shared machine
     first_aten = ours(0, "--cpu-gemm", "aten", store=cache_aten)  # A0
     first = ours(0)  # A
-    alone_aten, alone_onednn = alone("aten"), alone("onednn")
+    # the tower alone with the kernels the default run resolved to (onednn on AMD with AVX-512, else aten)
+    alone_aten, alone_default = alone("aten"), alone(first["encoder"]["cpu_gemm"] or "aten")
     build = ours(1, "--compile", "on")  # B
     reuse = ours(2)  # C
     theirs_runs.append(theirs())
@@ -223,13 +224,13 @@ def compile_once(work: Path, n: int, batch: int, workers: int, threads: int) -> 
         "model": "ViT-B-32 (random init)", "images": n, "image_size": 224, "batch_size": batch, "workers": workers,
         "threads": threads, "device": "cpu", "precision": "fp32",
         "clip_benchmark": {"whole_s": theirs_whole, "image_loop_s": theirs_images, "runs": theirs_runs},
-        "model_alone": alone_onednn, "model_alone_aten": alone_aten,
+        "model_alone": alone_default, "model_alone_aten": alone_aten,
         "first_run_aten": first_aten, "first_run": first, "build_run": build, "reuse_run": reuse,
         "speedup_first_run_aten": theirs_whole / first_aten["whole_s"],
         "speedup_first_run": theirs_whole / first["whole_s"],
         "speedup_build_run": theirs_whole / build["whole_s"],
         "speedup_reused_tower": theirs_whole / reuse["whole_s"],
-        "eager_loop_vs_model_alone": loop_ratio(first, alone_onednn),
+        "eager_loop_vs_model_alone": loop_ratio(first, alone_default),
         "eager_loop_vs_model_alone_aten": loop_ratio(first_aten, alone_aten),
         "how": "whole commands as processes (start-up, imports, load, text, images, metrics, writing): bench run "
                "vs scripts/clipbench_loop.py (CLIP_benchmark 1.6.2's load_open_clip, ImageFolder, "
@@ -342,7 +343,8 @@ def main() -> int:
             how = f"tower {enc['tower']}, {enc['compile_s']:.0f} s" if enc["compiled"] else f"eager {enc['cpu_gemm']}"
             lines.append(f"    {label:48} {r['whole_s']:6.1f} s  {ratio:5.2f}×  {('goal ' + goal) if goal else '':10} "
                          f"({how}; images {r['image_features_s']:.1f} s)")
-        for gemm, run, tower, ratio in (("onednn", "first_run", "model_alone", "eager_loop_vs_model_alone"),
+        for gemm, run, tower, ratio in ((f"defaults, {c['first_run']['encoder']['cpu_gemm']}", "first_run",
+                                         "model_alone", "eager_loop_vs_model_alone"),
                                         ("aten", "first_run_aten", "model_alone_aten",
                                          "eager_loop_vs_model_alone_aten")):
             if c[ratio] is not None:

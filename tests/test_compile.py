@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from identity_helpers import latest_result  # noqa: E402
 from tiny_models import make_image_dataset, make_open_clip_dir, write_model_yaml  # noqa: E402
 
+from bench import kernels  # noqa: E402
 from bench.cache import FeatureCache  # noqa: E402
 from bench.errors import BenchError  # noqa: E402
 from bench.features import COMPILE_WORTH_S, ImageEncoder, should_compile  # noqa: E402
@@ -35,6 +36,29 @@ class FakeBackend:
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
         self.calls.append(compiled)
         return pixels.flatten(1)[:, :4] * 2
+
+
+@pytest.fixture(autouse=True)
+def avx512(monkeypatch):
+    """`auto`'s bars as on an AVX-512 CPU, where compiling was measured to pay, whatever CPU runs the tests
+    (bench's own decision only: inductor detects the ISA it compiles for by itself)."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+
+
+def test_auto_never_compiles_on_a_cpu_without_avx512(monkeypatch):
+    """There the compiled tower ran at eager speed after a minute of building: auto stays eager, even with a
+    tower at hand and a long run ahead; `on` still compiles."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    batches = [torch.ones(4, 3, 2, 2) for _ in range(3)]
+    for gemm in ("aten", "onednn"):
+        backend = FakeBackend(gemm=gemm)
+        backend.has_compiled_tower = lambda pixels: True
+        enc = ImageEncoder(backend, "auto", total=10**9, later=lambda: 10**9)
+        [enc(b) for b in batches]
+        assert backend.calls == [False, False, False] and not enc.compiled, gemm
+    on = FakeBackend()
+    [ImageEncoder(on, "on", total=12)(b) for b in batches]
+    assert on.calls == [True, True, True]
 
 
 def test_should_compile_policy():
@@ -112,8 +136,8 @@ def test_compiled_run_equals_eager_run(tmp_path, bench_cli):
         key = results[mode][0]["cache"]["image_features"]
         features[mode] = FeatureCache(tmp_path / f"cache-{mode}").load_shard(key, 0)
     (eager, eager_preds), (compiled, compiled_preds) = results["off"], results["on"]
-    assert eager["encoder"] == {"compile": "off", "compiled": False, "compile_s": 0.0, "tower": "", "cpu_gemm": "onednn",
-                               "decode": "cpu"}
+    assert eager["encoder"] == {"compile": "off", "compiled": False, "compile_s": 0.0, "tower": "",
+                               "cpu_gemm": kernels.resolve("auto", torch.device("cpu")), "decode": "cpu"}
     assert compiled["encoder"]["compiled"] is True and compiled["encoder"]["compile_s"] > 0
     assert compiled["encoder"]["tower"] == "built"  # an AOTInductor package, now stored in the cache
     assert eager["cache"]["image_features"] == compiled["cache"]["image_features"]  # same entry, either way

@@ -103,10 +103,24 @@ def test_what_onednn_cannot_compute_as_aten_does_stays_on_aten(routed):
     assert routed == []
 
 
+def test_auto_takes_onednn_only_on_amd_cpus_with_avx512(monkeypatch):
+    # measured: 1.6-1.9x faster than MKL on an AVX-512 EPYC, level on an AVX2-only one
+    assert kernels.auto_choice("AuthenticAMD", "AVX512") == "onednn"
+    assert kernels.auto_choice("AuthenticAMD", "AVX2") == "aten"
+    assert kernels.auto_choice("GenuineIntel", "AVX512") == "aten"
+    assert kernels.auto_choice("", "DEFAULT") == "aten"
+    monkeypatch.setattr(kernels, "_cpu_vendor", lambda: "AuthenticAMD")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert kernels.resolve("auto", torch.device("cpu")) == "onednn"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert kernels.resolve("auto", torch.device("cpu")) == "aten"
+    assert kernels.resolve("onednn", torch.device("cpu")) == "onednn"  # asked for, so taken anyway
+
+
 def test_cpu_gemm_names_are_checked_and_gpus_have_none():
     assert kernels.resolve("aten", torch.device("cpu")) == "aten"
     assert kernels.resolve("onednn", torch.device("cuda")) is None
-    with pytest.raises(BenchError, match="--cpu-gemm must be one of onednn, aten, got 'mkl'"):
+    with pytest.raises(BenchError, match="--cpu-gemm must be one of auto, onednn, aten, got 'mkl'"):
         kernels.resolve("mkl", torch.device("cpu"))
 
 
@@ -117,7 +131,7 @@ def test_bench_run_records_the_kernels_and_both_give_the_same_result(tmp_path, b
                            model=f"local-dir:{model_dir}", language="en")
     out = {}
     for gemm in ("aten", "onednn"):
-        extra = ["--cpu-gemm", gemm] if gemm == "aten" else []  # onednn is the default
+        extra = ["--cpu-gemm", gemm]
         code, _, err = bench_cli("run", "--model", yml, "--dataset", tmp_path / "data" / "toy", "--labels", "dataset",
                                  "--prompts", "simple-en", "--out", tmp_path / f"runs-{gemm}", "--cache-dir",
                                  tmp_path / f"cache-{gemm}", "--workers", "0", "--compile", "off",

@@ -114,8 +114,8 @@ class Backend(ABC):
     # runner sets it. Not "auto", it is part of the identity, so features and text embeddings computed at
     # another precision are cached apart.
     precision: str = "auto"
-    # eager CPU linears: onednn | aten (bench.kernels); the runner sets it from --cpu-gemm
-    cpu_gemm: str = "onednn"
+    # eager CPU linears: auto | onednn | aten (bench.kernels); the runner sets it from --cpu-gemm
+    cpu_gemm: str = "auto"
     load_note: str = ""  # appended to the "loading <model>" line (the runner: an image transform not the model's)
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", cache_dir: Path | None = None):
