@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 COMPILE_POLICIES = ("auto", "on", "off")
 # `--compile auto` compiles when the eager encoding still to do would take longer than this. Compiling a
 # ViT-B on a 2-core CPU costs 24-30 s. Against aten's eager linears ("cpu") the tower is ~2x faster, so
-# 60 s of eager work repays it; against oneDNN's ("cpu-onednn", bench.kernels, the default) only ~1.35x
-# (ViT-B/32, batch 64: 1.39 s vs 1.88 s), which breaks even near 90 s, hence 120. On a GPU the gain is
-# smaller and compiling slower, hence the higher bar. Those gains were measured on an AVX-512 CPU; on an
+# 60 s of eager work repays it; against oneDNN's ("cpu-onednn", bench.kernels: --cpu-gemm auto's choice on
+# AMD with AVX-512) only ~1.35x (ViT-B/32, batch 64: 1.39 s vs 1.88 s), which breaks even near 90 s, hence 120.
+# On a GPU the gain is smaller and compiling slower, hence the higher bar. Those gains were measured on an AVX-512 CPU; on an
 # AVX2-only AMD EPYC the compiled ViT-B-32 tower ran at eager speed (5.6-6.4 s against 5.8-6.8 s a batch)
 # after 69 s of building, so there `auto` never compiles (`on` still does).
 COMPILE_WORTH_S = {"cpu": 60.0, "cpu-onednn": 120.0, "cpu-no-avx512": math.inf, "cuda": 300.0}
@@ -114,7 +114,9 @@ class ImageEncoder:
 
     def _worth(self) -> float:
         """Seconds of eager encoding left that make compiling worth it here (inf: never, under auto)."""
-        return self.worth_s if self.worth_s is not None else COMPILE_WORTH_S[compile_kind(self.backend)]
+        if self.worth_s is not None:
+            return self.worth_s
+        return COMPILE_WORTH_S.get(compile_kind(self.backend), COMPILE_WORTH_S["cuda"])  # mps, xpu: as a GPU
 
     def _has_tower(self, pixels: torch.Tensor) -> bool:
         has = getattr(self.backend, "has_compiled_tower", None)

@@ -300,3 +300,9 @@ def test_a_cache_that_cannot_store_the_tower_still_compiles(tmp_path, bench_cli,
         results, _, _ = _tiny_oc_run(bench_cli, tmp_path, yml, ["a"], "runs", "cache", "on")
     assert results["a"]["encoder"]["tower"] == "built" and "cannot store the compiled image tower" in caplog.text
     assert not list((tmp_path / "cache").rglob("*.pt2"))
+
+
+def test_a_device_without_a_bar_of_its_own_gets_the_gpu_s():
+    backend = FakeBackend()
+    backend.device = torch.device("mps")  # any accelerator but CUDA: the GPU's bar, not a KeyError
+    assert ImageEncoder(backend, "auto", total=1)._worth() == COMPILE_WORTH_S["cuda"]
