@@ -1,8 +1,9 @@
 """`--decode device`: JPEGs decoded on the encoding device and resized there in batches, and the staging of
 batches one ahead of the encoder (pinned memory, a side CUDA stream) that both decode paths use on a GPU.
 
-On a GPU the DataLoader workers are often the bottleneck: a ViT-B/16 encodes thousands of images a second,
-while a core decodes and resizes about 180 photo-sized JPEGs (500 x 375, PIL). With `--decode device` the workers only read bytes;
+On a GPU the DataLoader workers can be the bottleneck: a ViT-B/16 (about 23 GFLOP an image) could encode
+thousands of images a second, while a CPU core decodes and resizes about 180 photo-sized JPEGs (500 x 375,
+PIL). With `--decode device` the workers only read bytes;
 `torchvision.io.decode_jpeg(device=...)` decodes a whole batch (nvJPEG on CUDA), and the model's own
 resize and centre crop run on the decoded batch, grouped by image size. Images that are not 8-bit
 baseline or progressive JPEGs with 1 or 3 YCbCr channels (PNGs; CMYK, RGB-coded or arithmetic-coded
