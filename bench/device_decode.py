@@ -3,8 +3,8 @@ batches one ahead of the encoder (pinned memory, a side CUDA stream) that both d
 
 On a GPU the DataLoader workers can be the bottleneck: a ViT-B/16 (about 23 GFLOP an image) could encode
 thousands of images a second, while a CPU core decodes and resizes about 180 photo-sized JPEGs (500 x 375,
-PIL). With `--decode device` the workers only read bytes;
-`torchvision.io.decode_jpeg(device=...)` decodes a whole batch (nvJPEG on CUDA), and the model's own
+PIL). With `--decode device` the workers only read bytes; `torchvision.io.decode_jpeg(device=...)`
+decodes a whole batch (nvJPEG on CUDA), and the model's own
 resize and centre crop run on the decoded batch, grouped by image size. Images that are not 8-bit
 baseline or progressive JPEGs with 1 or 3 YCbCr channels (PNGs; CMYK, RGB-coded or arithmetic-coded
 JPEGs), files cut off before their end marker, and any JPEG the device cannot decode, go through the CPU
@@ -12,8 +12,8 @@ path instead, so every image is read and a bad one is reported as before.
 
 The pixels are not the CPU path's bit for bit: torch's antialiased resize rounds differently from PIL's
 (on the CPU by at most 1 of 255, in under 1% of the pixels of most images and up to a quarter of some;
-on CUDA, where it runs in float, in about a fifth of them),
-and nvJPEG's inverse DCT differs from libjpeg's. So features computed this way are cached apart, and a
+the float resize CUDA runs differed from PIL on about a fifth of them, run on the CPU), and nvJPEG's
+inverse DCT differs from libjpeg's. So features computed this way are cached apart, and a
 result records `decode: device` in its identity (tests/test_device_decode.py measures the agreement).
 """
 
