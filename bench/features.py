@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from bench import distributed
+from bench import distributed, kernels
 from bench.backends.base import Backend
 from bench.cache import FeatureCache, TextCache, content_key
 from bench.datasets.base import SplitData, collate
@@ -29,9 +29,9 @@ COMPILE_POLICIES = ("auto", "on", "off")
 # ViT-B on a 2-core CPU costs 24-30 s. Against aten's eager linears ("cpu") the tower is ~2x faster, so
 # 60 s of eager work repays it; against oneDNN's ("cpu-onednn", bench.kernels: --cpu-gemm auto's choice on
 # AMD with AVX-512) only ~1.35x (ViT-B/32, batch 64: 1.39 s vs 1.88 s), which breaks even near 90 s, hence 120.
-# On a GPU the gain is smaller and compiling slower, hence the higher bar. Those gains were measured on an AVX-512 CPU; on an
-# AVX2-only AMD EPYC the compiled ViT-B-32 tower ran at eager speed (5.6-6.4 s against 5.8-6.8 s a batch)
-# after 69 s of building, so there `auto` never compiles (`on` still does).
+# On a GPU the gain is smaller and compiling slower, hence the higher bar. Those gains were measured on an
+# AVX-512 CPU; on an AVX2-only AMD EPYC the compiled ViT-B-32 tower ran at eager speed (5.6-6.4 s against
+# 5.8-6.8 s a batch) after 69 s of building, so there `auto` never compiles (`on` still does).
 COMPILE_WORTH_S = {"cpu": 60.0, "cpu-onednn": 120.0, "cpu-no-avx512": math.inf, "cuda": 300.0}
 
 
@@ -41,7 +41,7 @@ def compile_kind(backend: Backend) -> str:
     device = backend.device.type
     if device != "cpu":
         return device
-    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+    if not kernels.has_avx512():
         return "cpu-no-avx512"
     return "cpu-onednn" if backend.gemm == "onednn" else "cpu"
 
@@ -99,9 +99,9 @@ class ImageEncoder:
         out = self.backend.encode_images(pixels)
         per_image = (time.perf_counter() - start) / max(len(pixels), 1)
         bar = self._worth()
-        worth = bar < math.inf and should_compile(self.policy, "", per_image, self.left, bar)
+        worth = should_compile(self.policy, "", per_image, self.left, bar)
         later = 0
-        if not worth and bar < math.inf and self.later is not None:
+        if not worth and bar < math.inf and self.later is not None:  # inf: never, so nothing to count
             later = self.later()
             worth = should_compile(self.policy, "", per_image, self.left + later, bar)
         if worth:

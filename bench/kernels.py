@@ -10,8 +10,9 @@ features agree with aten's to float32 rounding (~1e-6 relative), as a compiled t
 That EPYC had AVX-512. On an AVX2-only AMD EPYC the two reached the same GFLOP/s on that shape (110-129
 against 112) and a ViT-B-32 batch took as long either way (oneDNN 5.8-6.8 s, aten 6.1-6.8 s in repeated
 runs on a noisy machine), so `--cpu-gemm auto` (the default) takes oneDNN only on AMD CPUs with AVX-512;
-Intel CPUs, where MKL takes its own fast paths, and everything else keep aten (not measured on Intel). `--cpu-gemm onednn|aten`
-(bench run, study, prompts eval) forces one, e.g. aten to compare bit for bit with another tool's eager run.
+Intel CPUs, where MKL takes its own fast paths, and everything else keep aten (not measured on Intel).
+`--cpu-gemm onednn|aten` (bench run, study, prompts eval) forces one, e.g. aten to compare bit for bit with
+another tool's eager run.
 
 How: a TorchFunctionMode sees every `F.linear` (nn.Linear, Hugging Face layers). nn.MultiheadAttention's
 fused fast path would hide its projections inside one C++ op; with a function mode active it takes its
@@ -94,6 +95,7 @@ def onednn_works() -> bool:
         return False
 
 
+@functools.cache  # read once: `auto` is resolved for every batch
 def _cpu_vendor() -> str:
     """The CPU's vendor id (AuthenticAMD, GenuineIntel, ...) from /proc/cpuinfo; "" where it cannot be read."""
     try:
@@ -110,8 +112,14 @@ def auto_choice(vendor: str | None = None, capability: str | None = None) -> str
     """`--cpu-gemm auto`: onednn on AMD CPUs with AVX-512 (measured 1.6-1.9x faster than MKL there), aten
     elsewhere (level or slower on AVX2-only AMD; MKL's home ground on Intel)."""
     vendor = _cpu_vendor() if vendor is None else vendor
+    return "onednn" if vendor == "AuthenticAMD" and has_avx512(capability) else "aten"
+
+
+def has_avx512(capability: str | None = None) -> bool:
+    """Whether torch's CPU kernels run AVX-512 here (or in `capability`, as torch names it), the CPUs on
+    which oneDNN's linears and compiled towers were measured to beat MKL's eager kernels."""
     capability = torch.backends.cpu.get_cpu_capability() if capability is None else capability
-    return "onednn" if vendor == "AuthenticAMD" and capability.startswith("AVX512") else "aten"
+    return capability.startswith("AVX512")
 
 
 def resolve(choice: str, device: torch.device) -> str | None:
