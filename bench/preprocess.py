@@ -95,6 +95,21 @@ class BatchToFloat:
         return x.sub_(mean).div_(std)
 
 
+def tensor_tail(transform) -> tuple[list, object] | None:
+    """(the steps before, the Normalize) of a torchvision Compose that ends in ToTensor + Normalize; None
+    for any other transform. Those two steps can then run once per batch instead of per image."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(transform, "transforms", []))
+    if not isinstance(transform, T.Compose) or len(steps) < 2:
+        return None
+    to_tensor, norm = steps[-2], steps[-1]
+    # open_clip's MaybeToTensor is a ToTensor that lets tensors through; ours get PIL images only
+    if not isinstance(to_tensor, T.ToTensor) or type(norm) is not T.Normalize or norm.inplace:
+        return None
+    return steps[:-2], norm
+
+
 def split_for_workers(transform) -> tuple[object, BatchToFloat | None]:
     """(per-image part, per-batch part) of a transform. A torchvision Compose that ends in ToTensor +
     Normalize is split so that DataLoader workers decode and resize only, and hand over uint8 tensors (a
@@ -102,11 +117,8 @@ def split_for_workers(transform) -> tuple[object, BatchToFloat | None]:
     on the CPU as ToTensor does. Any other transform runs whole in the workers."""
     from torchvision import transforms as T
 
-    steps = list(getattr(transform, "transforms", []))
-    if not isinstance(transform, T.Compose) or len(steps) < 2:
+    tail = tensor_tail(transform)
+    if tail is None:
         return transform, None
-    to_tensor, norm = steps[-2], steps[-1]
-    # open_clip's MaybeToTensor is a ToTensor that lets tensors through; ours get PIL images only
-    if not isinstance(to_tensor, T.ToTensor) or type(norm) is not T.Normalize or norm.inplace:
-        return transform, None
-    return PilToUint8(T.Compose(steps[:-2])), BatchToFloat(norm.mean, norm.std)
+    head, norm = tail
+    return PilToUint8(T.Compose(head)), BatchToFloat(norm.mean, norm.std)
